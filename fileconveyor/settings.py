@@ -1,0 +1,185 @@
+"""Defaults for every tunable, under the original File Conveyor's names.
+
+The original asked users to edit `settings.py`. Here the file only holds defaults; a `<settings>`
+element in config.xml overrides any of them, one child element per name:
+
+    <settings><PID_FILE>/run/fileconveyor.pid</PID_FILE></settings>
+
+Every setting has a type so that a value written in XML is parsed and checked once, with a message
+that names the setting and the allowed values. Relative paths resolve against the directory of the
+config file (the original resolved them against the current directory, so the PID file and the
+databases moved with whoever started the daemon: original issues #26 and #152).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Mapping
+
+
+class SettingError(ValueError):
+    """A `<settings>` value that cannot be used; `name` is the setting."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("write true or false")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text.strip())
+    if value < 1:
+        raise ValueError("write a whole number of at least 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text.strip())
+    if value < 0:
+        raise ValueError("write a number of seconds, 0 or more")
+    return value
+
+
+def _level(text: str) -> int:
+    name = text.strip().upper()
+    if name.startswith("LOGGING."):
+        name = name[len("logging."):]
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):
+        raise ValueError("write one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    return level
+
+
+def _backend(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("auto", "inotify", "fsevents", "polling"):
+        raise ValueError("write one of auto, inotify, fsevents, polling")
+    return value
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingSpec:
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    is_path: bool = False
+    doc: str = ""
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec("RESTART_AFTER_UNHANDLED_EXCEPTION", True, _bool,
+                doc="restart the daemon after an unexpected exception in any thread"),
+    SettingSpec("RESTART_INTERVAL", 10.0, _non_negative_float,
+                doc="seconds to wait before such a restart"),
+    SettingSpec("LOG_FILE", "fileconveyor.log", _text, is_path=True,
+                doc="rotating log file (5 MiB x 5); empty for none"),
+    SettingSpec("PID_FILE", "~/.fileconveyor.pid", _text, is_path=True),
+    SettingSpec("PERSISTENT_DATA_DB", "persistent_data.db", _text, is_path=True),
+    SettingSpec("SYNCED_FILES_DB", "synced_files.db", _text, is_path=True),
+    SettingSpec("FSMONITOR_DB", "fsmonitor.db", _text, is_path=True,
+                doc="the path index (hard-coded in the original)"),
+    SettingSpec("WORKING_DIR", "/tmp/fileconveyor", _text, is_path=True,
+                doc="processor working copies; one private directory per chain run"),
+    SettingSpec("MAX_FILES_IN_PIPELINE", 50, _positive_int,
+                doc="paths in flight at once"),
+    SettingSpec("MAX_SIMULTANEOUS_PROCESSORCHAINS", 1, _positive_int),
+    SettingSpec("MAX_SIMULTANEOUS_TRANSPORTERS", 10, _positive_int,
+                doc="transporter threads across all servers"),
+    SettingSpec("MAX_TRANSPORTER_QUEUE_SIZE", 1, _positive_int,
+                doc="kept for compatibility; work is handed to idle transporters"),
+    SettingSpec("QUEUE_PROCESS_BATCH_SIZE", 20, _positive_int,
+                doc="events committed per pipeline transaction"),
+    SettingSpec("CALLBACKS_CONSOLE_OUTPUT", False, _bool, doc="kept for compatibility"),
+    SettingSpec("CONSOLE_LOGGER_LEVEL", logging.WARNING, _level),
+    SettingSpec("FILE_LOGGER_LEVEL", logging.INFO, _level),
+    SettingSpec("RETRY_INTERVAL", 30.0, _non_negative_float,
+                doc="first retry delay of a failed file; doubles per attempt, with jitter"),
+    SettingSpec("RETRY_MAX_INTERVAL", 3600.0, _non_negative_float,
+                doc="cap on the retry delay"),
+    SettingSpec("FSMONITOR_BACKEND", "auto", _backend,
+                doc="auto, inotify, fsevents or polling"),
+    SettingSpec("POLL_INTERVAL", 10.0, _non_negative_float,
+                doc="seconds between scans of the polling monitor"),
+    SettingSpec("SHUTDOWN_TIMEOUT", 30.0, _non_negative_float,
+                doc="seconds that in-flight work may take to finish on SIGTERM"),
+    SettingSpec("VERIFY_TIMEOUT", 30.0, _non_negative_float,
+                doc="seconds per check in `fileconveyor verify`"),
+)
+
+SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}
+
+
+class Settings:
+    """Resolved settings: attribute access by the original names, immutable after creation."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]  # type: ignore[attr-defined]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Settings are immutable")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)  # type: ignore[attr-defined]
+
+
+def resolve_path(value: str, base_dir: str) -> str:
+    """`~` expanded, then relative to `base_dir` (the config file's directory)."""
+    if not value:
+        return value
+    value = os.path.expanduser(value)
+    return os.path.normpath(os.path.join(base_dir, value))
+
+
+def resolve(overrides: Mapping[str, str], base_dir: str) -> Settings:
+    """Defaults with `overrides` (raw XML texts) applied; raises SettingError for the first bad one."""
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        if spec.name in overrides:
+            try:
+                value = spec.parse(overrides[spec.name])
+            except ValueError as error:
+                detail = str(error) if "write" in str(error) else _hint(spec)
+                raise SettingError(spec.name, f"{overrides[spec.name]!r} is not valid: {detail}") from None
+        else:
+            value = spec.default
+        if spec.is_path:
+            value = resolve_path(value, base_dir)
+        values[spec.name] = value
+    unknown = sorted(set(overrides) - set(SPECS_BY_NAME))
+    if unknown:
+        raise SettingError(unknown[0], "is not a setting; known settings: " + ", ".join(SPECS_BY_NAME))
+    return Settings(values)
+
+
+def _hint(spec: SettingSpec) -> str:
+    if isinstance(spec.default, bool):
+        return "write true or false"
+    if isinstance(spec.default, int):
+        return "write a whole number"
+    if isinstance(spec.default, float):
+        return "write a number of seconds"
+    return "see the README for allowed values"
+
+
+def defaults(base_dir: str = ".") -> Settings:
+    return resolve({}, os.path.abspath(base_dir))

@@ -1,0 +1,262 @@
+"""The transporter contract: one connection to one server, used by one worker thread at a time.
+
+Shape (after rclone's `fs` interface): three required operations, `upload`, `delete` and `exists`;
+optional abilities are declared as class-level capability flags and never probed by catching
+errors. Errors are classified where they are raised, because only the transporter knows whether a
+failure is worth retrying:
+
+* `RetryableError`: timeouts, connection resets, 5xx, throttling. The pipeline retries with backoff.
+  `ServerUnavailableError` (a subclass) means the whole server is unreachable: the pool pauses and
+  probes the server instead of failing every queued file.
+* `PermanentError`: the server refused this file for good (denied, no such bucket, name too long).
+  The file goes to the failed list with the reason; it is retried only at the retry cap.
+* `ConfigurationError`: the settings are wrong (bad credentials, unknown host key). Nothing will work
+  until the user fixes the config; the pool pauses and the message says what to change.
+
+A transporter is constructed without I/O (so `check-config` can build one); it connects lazily on
+first use and reconnects after a failure. Every network call has a timeout. Remote paths given to
+`upload`/`delete`/`exists` are relative to the server's configured root and pass through
+`normalize_remote_path`, which refuses any path that would escape that root.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+import posixpath
+import urllib.parse
+from typing import ClassVar, Mapping
+
+
+class TransporterError(Exception):
+    """Base of every classified transporter error; the message says what failed and what to do."""
+
+    kind: ClassVar[str] = "retryable"
+
+
+class RetryableError(TransporterError):
+    kind = "retryable"
+
+
+class ServerUnavailableError(RetryableError):
+    """The server cannot be reached at all; its pool pauses and probes it with backoff."""
+
+
+class PermanentError(TransporterError):
+    kind = "permanent"
+
+
+class ConfigurationError(TransporterError):
+    kind = "configuration"
+
+
+class TransporterNotFound(Exception):
+    """A `transporter` name in config.xml that does not resolve; the message has the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TransporterContext:
+    """What a transporter may know about the daemon around it."""
+
+    server_name: str
+    #: Directory for the transporter's own durable state (e.g. multipart upload checkpoints).
+    state_dir: str
+    #: Every source's scan path: symlink_or_copy links (rather than copies) files below these.
+    source_roots: tuple[str, ...] = ()
+    #: Seconds for any single network operation.
+    timeout: float = 60.0
+
+
+def normalize_remote_path(remote_path: str) -> str:
+    """`remote_path` as a clean relative POSIX path; raises PermanentError if it leaves the root.
+
+    `a//b/./c` becomes `a/b/c`; a leading `/` is dropped (paths are always relative to the server's
+    root); `..` is allowed only while it stays inside (`a/../b` is `b`, `../b` is refused). NUL bytes
+    and empty results are refused.
+    """
+    if "\x00" in remote_path:
+        raise PermanentError(f"remote path {remote_path!r} contains a NUL byte")
+    parts: list[str] = []
+    for part in remote_path.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise PermanentError(
+                    f"remote path {remote_path!r} escapes the destination root; refusing it")
+            parts.pop()
+            continue
+        parts.append(part)
+    if not parts:
+        raise PermanentError(f"remote path {remote_path!r} names no file")
+    return "/".join(parts)
+
+
+def join_url(base_url: str, remote_path: str) -> str:
+    """`base_url` + percent-encoded `remote_path`, with exactly one `/` between them.
+
+    Unlike `urljoin`, the last segment of a base without a trailing slash is kept (the original
+    silently dropped it), and every character that is not safe in a URL path is encoded, so names
+    with `#`, `?`, `%` or spaces give working URLs.
+    """
+    encoded = urllib.parse.quote(remote_path, safe="/~!$&'()*+,;=:@")
+    return base_url.rstrip("/") + "/" + encoded.lstrip("/")
+
+
+class Transporter(abc.ABC):
+    """One connection to one server. Not thread-safe: the pool gives each worker its own."""
+
+    #: The name users write in `<server transporter="...">`.
+    name: ClassVar[str] = ""
+    #: Every setting (child element of `<server>`) this transporter accepts.
+    valid_settings: ClassVar[frozenset[str]] = frozenset()
+    #: Settings that must be present.
+    required_settings: ClassVar[frozenset[str]] = frozenset()
+    #: Defaults for optional settings (as text, like values from config.xml).
+    default_settings: ClassVar[Mapping[str, str]] = {}
+
+    # Capability flags (rclone's fs.Features): the pipeline only calls what is declared.
+    can_move: ClassVar[bool] = False
+    can_resume_multipart: ClassVar[bool] = False
+    can_list: ClassVar[bool] = False
+    can_invalidate: ClassVar[bool] = False
+
+    def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
+        self.settings: dict[str, str] = {**self.default_settings, **settings}
+        self.context = context
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, str]) -> list[str]:
+        """Problems with `settings`, each a sentence that says what to write instead.
+
+        The base checks names; subclasses extend it with value checks (port numbers, URLs, ...).
+        It does no I/O: `check-config` calls it."""
+        problems = []
+        for key in sorted(set(settings) - cls.valid_settings):
+            problems.append(
+                f"unknown setting <{key}> for transporter {cls.name!r}; "
+                f"valid settings: {', '.join(sorted(cls.valid_settings))}")
+        for key in sorted(cls.required_settings - set(settings)):
+            problems.append(f"transporter {cls.name!r} requires the setting <{key}>")
+        for key in sorted(cls.required_settings & set(settings)):
+            if not (settings[key] or "").strip():
+                problems.append(f"the setting <{key}> of transporter {cls.name!r} is empty")
+        return problems
+
+    @abc.abstractmethod
+    def upload(self, local_path: str, remote_path: str) -> str:
+        """Put the file at `local_path` at `remote_path` (atomically where the protocol allows) and
+        return its permanent, absolute, unsigned URL."""
+
+    @abc.abstractmethod
+    def delete(self, remote_path: str) -> None:
+        """Remove `remote_path`; a file that is already gone is not an error."""
+
+    @abc.abstractmethod
+    def exists(self, remote_path: str) -> bool:
+        """Is `remote_path` at the destination? (`verify` asks this.)"""
+
+    @abc.abstractmethod
+    def url_for(self, remote_path: str) -> str:
+        """The URL `upload` returns for `remote_path`, computed without I/O."""
+
+    def move(self, old_remote_path: str, new_remote_path: str) -> str:
+        """Rename on the server; only called when `can_move`."""
+        raise NotImplementedError
+
+    def invalidate(self, remote_paths: list[str]) -> None:
+        """Purge CDN caches for these paths; only called when `can_invalidate`."""
+        raise NotImplementedError
+
+    def probe(self) -> None:
+        """Cheap check that the server is reachable and the settings work; raises a classified
+        error. The pool calls it while a paused server is being watched."""
+
+    def close(self) -> None:
+        """Drop the connection (idempotent)."""
+
+
+BUILTIN_TRANSPORTERS: dict[str, str] = {
+    "symlink_or_copy": "fileconveyor.transporters.symlink_or_copy",
+    "s3": "fileconveyor.transporters.s3",
+    "cf": "fileconveyor.transporters.cf",
+    "sftp": "fileconveyor.transporters.sftp",
+    "ftp": "fileconveyor.transporters.ftp",
+    "cloudfiles": "fileconveyor.transporters.cloudfiles",
+}
+
+#: Historical names that old configs still use.
+ALIASES: dict[str, str] = {"mosso": "cloudfiles", "cumulus": "cloudfiles", "none": "symlink_or_copy"}
+
+INSTALL_HINTS: dict[str, str] = {
+    "s3": "pip install 'fileconveyor[s3]'  (boto3)",
+    "cf": "pip install 'fileconveyor[s3]'  (boto3)",
+    "sftp": "pip install 'fileconveyor[sftp]'  (paramiko)",
+    "cloudfiles": "pip install 'fileconveyor[cloudfiles]'  (python-swiftclient)",
+}
+
+
+def canonical_transporter_name(name: str) -> str:
+    """The built-in name for any historical spelling, else `name` unchanged (a third-party module)."""
+    name = name.strip()
+    for prefix in ("fileconveyor.transporters.transporter_", "transporters.transporter_",
+                   "fileconveyor.transporters.", "transporters.", "transporter_"):
+        if name.startswith(prefix) and name[len(prefix):] in {**BUILTIN_TRANSPORTERS, **ALIASES}:
+            name = name[len(prefix):]
+            break
+    return ALIASES.get(name, name)
+
+
+def resolve_transporter(name: str) -> type[Transporter]:
+    """The class for a `transporter="..."` value; raises TransporterNotFound with what to do.
+
+    Accepts the built-in names, their historical module forms and aliases, a third-party module
+    defining `TRANSPORTER_CLASS` (the original's convention), or a dotted `package.module.Class`."""
+    canonical = canonical_transporter_name(name)
+    if canonical in BUILTIN_TRANSPORTERS:
+        module_name = BUILTIN_TRANSPORTERS[canonical]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            hint = INSTALL_HINTS.get(canonical, "reinstall fileconveyor")
+            raise TransporterNotFound(
+                f"transporter {name!r} needs a package that is not installed ({error}); "
+                f"install it with: {hint}") from None
+        return _class_from_module(module, name)
+    try:
+        module = importlib.import_module(canonical)
+    except ImportError:
+        module = None
+    if module is not None:
+        return _class_from_module(module, name)
+    module_name, _, class_name = canonical.rpartition(".")
+    if module_name:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise TransporterNotFound(
+                f"transporter {name!r} could not be imported ({error}); write one of "
+                f"{', '.join(sorted(BUILTIN_TRANSPORTERS))}, or the dotted name of an importable "
+                "module that defines TRANSPORTER_CLASS") from None
+        cls = getattr(module, class_name, None)
+        if isinstance(cls, type) and issubclass(cls, Transporter):
+            return cls
+    raise TransporterNotFound(
+        f"unknown transporter {name!r}; write one of {', '.join(sorted(BUILTIN_TRANSPORTERS))} "
+        "(or mosso/cumulus for cloudfiles), or the dotted name of an importable module that "
+        "defines TRANSPORTER_CLASS")
+
+
+def _class_from_module(module: object, name: str) -> type[Transporter]:
+    class_name = getattr(module, "TRANSPORTER_CLASS", None)
+    cls = getattr(module, class_name, None) if isinstance(class_name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, Transporter)):
+        raise TransporterNotFound(
+            f"module for transporter {name!r} does not define TRANSPORTER_CLASS naming a "
+            "subclass of fileconveyor.transporters.base.Transporter")
+    return cls
+
+
+def remote_parent(remote_path: str) -> str:
+    """Directory part of a normalised remote path ('' for a file at the root)."""
+    return posixpath.dirname(remote_path)
