@@ -1,0 +1,324 @@
+"""The persistent pipeline: waiting, in-flight, failed and scheduled-for-deletion files.
+
+`persistent_data.db` keeps the original's table names (the Drupal CDN module counts rows in
+`pipeline_queue` and `pipeline_list`) with readable columns instead of pickles:
+
+* `pipeline_queue`: one row per path waiting to be synced, in arrival order (`id`). A new event for
+  a waiting path is merged into its row by `merge()` (DESIGN.md section 4) and keeps its place.
+* `pipeline_list`: paths in flight. A path is never in flight twice: an event for an in-flight path
+  waits in the queue, so two versions of one file never race (the original ran them concurrently).
+  Rows move here in the same transaction that takes them off the queue (ack after success, as in
+  persist-queue): after a crash, `recover_in_flight()` puts them back in front of the queue.
+* `failed_files_list`: paths whose last attempt failed, with the reason, the kind of error, the
+  attempt count and the time of the next try. Retries back off exponentially with jitter up to a
+  cap and never stop: nothing is dropped silently. A new event for a failed path supersedes the
+  wait and merges with the failed event.
+* `files_to_delete_list`: source files scheduled for removal by `fileDeletionDelayAfterSync`, then
+  (state 'deleted') remembered until the monitor reports their deletion, which is not propagated.
+* `dependencies`: which files' URLs a processed file embeds (CSS -> images), per server, so that
+  a new URL queues the dependent file again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from typing import Iterable, Sequence
+
+from fileconveyor.fsmonitor.base import Event
+from fileconveyor.pipeline.db import Database
+
+SCHEMA_VERSION = 2
+
+# DDL as named constants. `done` holds the destinations (JSON list of "rule|server" keys) that a
+# partly failed attempt already completed, so a retry does not upload there again; a new event
+# for the path clears it because the content changed.
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS pipeline_queue(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        input_file TEXT NOT NULL UNIQUE,
+        event INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        done TEXT NOT NULL DEFAULT '[]',
+        queued_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS pipeline_list(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        input_file TEXT NOT NULL UNIQUE,
+        event INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        done TEXT NOT NULL DEFAULT '[]',
+        started_at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS failed_files_list(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        input_file TEXT NOT NULL UNIQUE,
+        event INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
+        done TEXT NOT NULL DEFAULT '[]',
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        failed_at REAL NOT NULL,
+        next_try REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS failed_next_try ON failed_files_list(next_try)",
+    """CREATE TABLE IF NOT EXISTS files_to_delete_list(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        input_file TEXT NOT NULL UNIQUE,
+        delete_at REAL NOT NULL,
+        state TEXT NOT NULL DEFAULT 'scheduled')""",
+    """CREATE TABLE IF NOT EXISTS dependencies(
+        dependent TEXT NOT NULL,
+        dependency TEXT NOT NULL,
+        server TEXT NOT NULL,
+        PRIMARY KEY (dependency, server, dependent))""",
+)
+
+_MERGE = {
+    (Event.CREATED, Event.CREATED): Event.CREATED,
+    (Event.CREATED, Event.MODIFIED): Event.CREATED,
+    (Event.CREATED, Event.DELETED): Event.DELETED,
+    (Event.MODIFIED, Event.CREATED): Event.MODIFIED,
+    (Event.MODIFIED, Event.MODIFIED): Event.MODIFIED,
+    (Event.MODIFIED, Event.DELETED): Event.DELETED,
+    (Event.DELETED, Event.CREATED): Event.MODIFIED,
+    (Event.DELETED, Event.MODIFIED): Event.MODIFIED,
+    (Event.DELETED, Event.DELETED): Event.DELETED,
+}
+
+
+def merge(waiting: Event, new: Event) -> Event:
+    """The event that stands for `waiting` followed by `new` (DESIGN.md section 4).
+
+    Unlike the original, CREATED + DELETED is DELETED, not a cancellation: cancelling loses the
+    deletion of a file that was synced before its index was lost."""
+    return _MERGE[(Event(waiting), Event(new))]
+
+
+def retry_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Seconds before the next try after `attempts` failures: base * 2^(attempts-1), capped, with
+    +-25 % jitter so that many files failing together do not retry in lockstep."""
+    exponent = min(max(attempts - 1, 0), 30)
+    delay = min(base * (2 ** exponent), cap)
+    jitter = (rng or random).uniform(0.75, 1.25)
+    return max(0.0, min(delay * jitter, cap))
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    input_file: str
+    event: Event
+    attempts: int = 0
+    done: frozenset[str] = frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class FailedItem:
+    input_file: str
+    event: Event
+    attempts: int
+    kind: str
+    reason: str
+    failed_at: float
+    next_try: float
+
+
+def _done(text: str) -> frozenset[str]:
+    try:
+        return frozenset(json.loads(text))
+    except (ValueError, TypeError):
+        return frozenset()
+
+
+class PersistentPipeline:
+    """The four lists of persistent_data.db behind one small API; every method is one transaction."""
+
+    def __init__(self, path: str) -> None:
+        self.db = Database(path, SCHEMA, SCHEMA_VERSION)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- events in -----------------------------------------------------------------------
+
+    def put_many(self, events: Iterable[tuple[str, Event]]) -> int:
+        """Queue events, merging each with what is already waiting or failed for its path."""
+        count = 0
+        now = time.time()
+        with self.db.transaction() as conn:
+            for input_file, event in events:
+                count += 1
+                event = Event(event)
+                row = conn.execute("SELECT event FROM pipeline_queue WHERE input_file = ?",
+                                   (input_file,)).fetchone()
+                if row is not None:
+                    conn.execute("UPDATE pipeline_queue SET event = ?, attempts = 0, done = '[]' "
+                                 "WHERE input_file = ?", (int(merge(Event(row[0]), event)), input_file))
+                    continue
+                failed = conn.execute("SELECT event FROM failed_files_list WHERE input_file = ?",
+                                      (input_file,)).fetchone()
+                if failed is not None:
+                    conn.execute("DELETE FROM failed_files_list WHERE input_file = ?", (input_file,))
+                    event = merge(Event(failed[0]), event)
+                conn.execute("INSERT INTO pipeline_queue(input_file, event, queued_at) VALUES (?, ?, ?)",
+                             (input_file, int(event), now))
+        return count
+
+    # --- dispatching -----------------------------------------------------------------------
+
+    def claim(self, limit: int) -> list[Item]:
+        """Move up to `limit` of the oldest waiting paths that are not in flight to `pipeline_list`."""
+        if limit <= 0:
+            return []
+        now = time.time()
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT q.id, q.input_file, q.event, q.attempts, q.done FROM pipeline_queue q "
+                "WHERE NOT EXISTS (SELECT 1 FROM pipeline_list l WHERE l.input_file = q.input_file) "
+                "ORDER BY q.id LIMIT ?", (limit,)).fetchall()
+            for row_id, input_file, event, attempts, done in rows:
+                conn.execute("DELETE FROM pipeline_queue WHERE id = ?", (row_id,))
+                conn.execute("INSERT INTO pipeline_list(input_file, event, attempts, done, started_at) "
+                             "VALUES (?, ?, ?, ?, ?)", (input_file, event, attempts, done, now))
+        return [Item(r[1], Event(r[2]), r[3], _done(r[4])) for r in rows]
+
+    def complete(self, input_file: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM pipeline_list WHERE input_file = ?", (input_file,))
+
+    def fail(self, item: Item, kind: str, reason: str, delay: float, done: Iterable[str] = ()) -> FailedItem | None:
+        """Move an in-flight item to the failed list, or merge it into a newer waiting event.
+
+        Returns the failed entry, or None when a newer event for the path was already waiting
+        (then that event, merged with this one, will be dispatched instead)."""
+        now = time.time()
+        attempts = item.attempts + 1
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM pipeline_list WHERE input_file = ?", (item.input_file,))
+            waiting = conn.execute("SELECT event FROM pipeline_queue WHERE input_file = ?",
+                                   (item.input_file,)).fetchone()
+            if waiting is not None:
+                conn.execute("UPDATE pipeline_queue SET event = ?, attempts = 0, done = '[]' WHERE input_file = ?",
+                             (int(merge(item.event, Event(waiting[0]))), item.input_file))
+                return None
+            conn.execute(
+                "INSERT OR REPLACE INTO failed_files_list"
+                "(input_file, event, attempts, done, kind, reason, failed_at, next_try) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (item.input_file, int(item.event), attempts, json.dumps(sorted(done)), kind, reason,
+                 now, now + delay))
+        return FailedItem(item.input_file, item.event, attempts, kind, reason, now, now + delay)
+
+    def requeue_due(self, now: float | None = None, limit: int = 500) -> int:
+        """Move failed items whose next try has come back to the end of the queue."""
+        now = time.time() if now is None else now
+        with self.db.transaction() as conn:
+            rows = conn.execute("SELECT input_file, event, attempts, done FROM failed_files_list "
+                                "WHERE next_try <= ? ORDER BY next_try LIMIT ?", (now, limit)).fetchall()
+            for input_file, event, attempts, done in rows:
+                conn.execute("DELETE FROM failed_files_list WHERE input_file = ?", (input_file,))
+                conn.execute("INSERT OR IGNORE INTO pipeline_queue(input_file, event, attempts, done, queued_at) "
+                             "VALUES (?, ?, ?, ?, ?)", (input_file, event, attempts, done, now))
+        return len(rows)
+
+    def requeue_now(self, input_files: Sequence[str]) -> int:
+        """Retry these failed items at once (their dependencies were synced, or a user asked)."""
+        now = time.time()
+        moved = 0
+        with self.db.transaction() as conn:
+            for input_file in input_files:
+                row = conn.execute("SELECT event, attempts, done FROM failed_files_list WHERE input_file = ?",
+                                   (input_file,)).fetchone()
+                if row is None:
+                    continue
+                conn.execute("DELETE FROM failed_files_list WHERE input_file = ?", (input_file,))
+                conn.execute("INSERT OR IGNORE INTO pipeline_queue(input_file, event, attempts, done, queued_at) "
+                             "VALUES (?, ?, ?, ?, ?)", (input_file, row[0], row[1], row[2], now))
+                moved += 1
+        return moved
+
+    def next_retry_time(self) -> float | None:
+        rows = self.db.query("SELECT MIN(next_try) FROM failed_files_list")
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def recover_in_flight(self) -> int:
+        """Start-up: put everything left in flight by a crash back at the front of the queue."""
+        now = time.time()
+        with self.db.transaction() as conn:
+            rows = conn.execute("SELECT input_file, event, attempts, done FROM pipeline_list "
+                                "ORDER BY id DESC").fetchall()
+            for input_file, event, attempts, done in rows:
+                waiting = conn.execute("SELECT event FROM pipeline_queue WHERE input_file = ?",
+                                       (input_file,)).fetchone()
+                if waiting is not None:
+                    conn.execute("UPDATE pipeline_queue SET event = ? WHERE input_file = ?",
+                                 (int(merge(Event(event), Event(waiting[0]))), input_file))
+                else:
+                    first = conn.execute("SELECT MIN(id) FROM pipeline_queue").fetchone()[0]
+                    conn.execute("INSERT INTO pipeline_queue(id, input_file, event, attempts, done, queued_at) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)",
+                                 ((first if first is not None else 1) - 1, input_file, event, attempts, done, now))
+            conn.execute("DELETE FROM pipeline_list")
+        return len(rows)
+
+    # --- inspection ------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        result = {}
+        for table, label in (("pipeline_queue", "waiting"), ("pipeline_list", "in_flight"),
+                             ("failed_files_list", "failed"), ("files_to_delete_list", "to_delete")):
+            result[label] = self.db.query(f"SELECT COUNT(*) FROM {table}")[0][0]
+        return result
+
+    def failed_items(self, limit: int = 1000) -> list[FailedItem]:
+        rows = self.db.query("SELECT input_file, event, attempts, kind, reason, failed_at, next_try "
+                             "FROM failed_files_list ORDER BY next_try LIMIT ?", (limit,))
+        return [FailedItem(r[0], Event(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+    def in_flight(self) -> list[Item]:
+        rows = self.db.query("SELECT input_file, event, attempts, done FROM pipeline_list ORDER BY id")
+        return [Item(r[0], Event(r[1]), r[2], _done(r[3])) for r in rows]
+
+    # --- source deletion after sync --------------------------------------------------------
+
+    def schedule_deletion(self, input_file: str, delete_at: float) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("INSERT INTO files_to_delete_list(input_file, delete_at, state) VALUES (?, ?, 'scheduled') "
+                         "ON CONFLICT(input_file) DO UPDATE SET delete_at = excluded.delete_at, state = 'scheduled'",
+                         (input_file, delete_at))
+
+    def due_deletions(self, now: float, limit: int = 100) -> list[str]:
+        rows = self.db.query("SELECT input_file FROM files_to_delete_list WHERE state = 'scheduled' "
+                             "AND delete_at <= ? ORDER BY delete_at LIMIT ?", (now, limit))
+        return [r[0] for r in rows]
+
+    def next_deletion_time(self) -> float | None:
+        rows = self.db.query("SELECT MIN(delete_at) FROM files_to_delete_list WHERE state = 'scheduled'")
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def mark_deleted_by_us(self, input_file: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE files_to_delete_list SET state = 'deleted' WHERE input_file = ?", (input_file,))
+
+    def deletion_state(self, input_file: str) -> str | None:
+        rows = self.db.query("SELECT state FROM files_to_delete_list WHERE input_file = ?", (input_file,))
+        return rows[0][0] if rows else None
+
+    def forget_deletion(self, input_file: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM files_to_delete_list WHERE input_file = ?", (input_file,))
+
+    # --- dependencies between processed files ------------------------------------------------
+
+    def set_dependencies(self, dependent: str, server: str, dependencies: Iterable[str]) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM dependencies WHERE dependent = ? AND server = ?", (dependent, server))
+            conn.executemany("INSERT OR IGNORE INTO dependencies(dependent, dependency, server) VALUES (?, ?, ?)",
+                             [(dependent, d, server) for d in dependencies])
+
+    def dependents_of(self, dependency: str, server: str) -> list[str]:
+        rows = self.db.query("SELECT dependent FROM dependencies WHERE dependency = ? AND server = ?",
+                             (dependency, server))
+        return [r[0] for r in rows]
+
+    def forget_dependent(self, dependent: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM dependencies WHERE dependent = ?", (dependent,))
