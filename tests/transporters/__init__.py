@@ -1,0 +1,1 @@
+"""Transporter tests: the shared conformance suite and one plug-in module per transporter."""
