@@ -9,10 +9,25 @@ write instead, so `fileconveyor check-config` can list them all.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+import difflib
+import logging
+import math
+import os
+import re
+import types
+from typing import Callable, Iterator, Mapping
 
-from fileconveyor.filter import Filter
-from fileconveyor.settings import Settings
+from lxml import etree
+
+from fileconveyor import settings as settings_module
+from fileconveyor.filter import CONDITIONS, Filter, FilterError, parse_ignored_dirs
+from fileconveyor.processors.base import (ProcessorNotFound, ProcessorUnavailable,
+                                          canonical_processor_name, resolve_processor)
+from fileconveyor.settings import SettingError, Settings
+from fileconveyor.transporters.base import (TransporterNotFound, canonical_transporter_name,
+                                            resolve_transporter)
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,3 +108,673 @@ class Config:
     ignored_dirs: frozenset[str]
     settings: Settings
     warnings: tuple[ConfigProblem, ...] = ()
+
+
+# --- structure --------------------------------------------------------------------------------
+
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.rng")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """What one element of the grammar may hold; mirrors config.rng, with the words for messages."""
+
+    attributes: tuple[str, ...] = ()
+    required_attributes: tuple[str, ...] = ()
+    #: None: any child element names (transporter settings, <settings>), each holding only text.
+    children: tuple[str, ...] | None = ()
+    required_children: tuple[str, ...] = ()
+    #: Children that may appear more than once.
+    repeatable: tuple[str, ...] = ()
+    has_text: bool = False
+
+
+_SHAPES: dict[str, _Shape] = {
+    "config": _Shape(children=("sources", "servers", "rules", "settings"),
+                     required_children=("sources", "servers", "rules")),
+    "sources": _Shape(attributes=("ignoredDirs",), children=("source",), required_children=("source",),
+                      repeatable=("source",)),
+    "source": _Shape(attributes=("name", "scanPath", "documentRoot", "basePath"),
+                     required_attributes=("name", "scanPath")),
+    "servers": _Shape(children=("server",), repeatable=("server",)),
+    "server": _Shape(attributes=("name", "transporter", "maxConnections"),
+                     required_attributes=("name", "transporter"), children=None),
+    "rules": _Shape(children=("rule",), repeatable=("rule",)),
+    "rule": _Shape(attributes=("for", "label", "fileDeletionDelayAfterSync"), required_attributes=("for",),
+                   children=("filter", "processorChain", "destinations"),
+                   required_children=("destinations",)),
+    "filter": _Shape(children=CONDITIONS),
+    "paths": _Shape(has_text=True),
+    "extensions": _Shape(has_text=True),
+    "ignoredDirs": _Shape(has_text=True),
+    "pattern": _Shape(has_text=True),
+    "size": _Shape(attributes=("conditionType",), required_attributes=("conditionType",), has_text=True),
+    "processorChain": _Shape(children=("processor",), repeatable=("processor",)),
+    "processor": _Shape(attributes=("name",), required_attributes=("name",)),
+    "destinations": _Shape(children=("destination",), required_children=("destination",),
+                           repeatable=("destination",)),
+    "destination": _Shape(attributes=("server", "path"), required_attributes=("server",)),
+    "settings": _Shape(children=None),
+}
+
+#: What to write for a missing attribute or element, in messages.
+_EXAMPLES: dict[str, str] = {
+    "name": "NAME", "scanPath": "/absolute/directory", "transporter": "symlink_or_copy",
+    "for": "SOURCE_NAME", "server": "SERVER_NAME", "conditionType": "minimum",
+    "sources": '<sources><source name="site" scanPath="/var/www/site"/></sources>',
+    "source": '<source name="site" scanPath="/var/www/site"/>',
+    "servers": '<servers><server name="cdn" transporter="symlink_or_copy">...</server></servers>',
+    "rules": '<rules><rule for="site">...</rule></rules>',
+    "destinations": '<destinations><destination server="SERVER_NAME"/></destinations>',
+    "destination": '<destination server="SERVER_NAME" path="static"/>',
+}
+
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _suggest(name: str, allowed: "list[str] | tuple[str, ...]") -> str | None:
+    """The allowed name the user probably meant: same letters in another case, or a near miss."""
+    for candidate in allowed:
+        if candidate.lower() == name.lower():
+            return candidate
+    close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def _did_you_mean(name: str, allowed: "list[str] | tuple[str, ...]", kind: str) -> str:
+    suggestion = _suggest(name, allowed)
+    listing = ", ".join(allowed) if allowed else "none"
+    if suggestion:
+        return f"did you mean {suggestion}? (names are case-sensitive; {kind}: {listing})"
+    return f"write one of: {listing}"
+
+
+def _elements(parent: etree._Element) -> Iterator[etree._Element]:
+    """Child elements only: comments and processing instructions are ignored, as in the original."""
+    return parent.iterchildren(tag=etree.Element)
+
+
+def _line(element: etree._Element | None) -> int:
+    return (element.sourceline or 1) if element is not None else 1
+
+
+def _attr(element: etree._Element, name: str) -> str | None:
+    """An attribute value, whitespace-trimmed (the original kept the whitespace)."""
+    value = element.get(name)
+    return value.strip() if value is not None else None
+
+
+def _text(element: etree._Element) -> str:
+    return (element.text or "").strip()
+
+
+# --- the loader -------------------------------------------------------------------------------
+
+class _Loader:
+    """One pass over one config file: collects every problem and, when there is no error, the Config."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.base_dir = os.path.dirname(os.path.abspath(path))
+        self.problems: list[ConfigProblem] = []
+
+    # problems
+
+    def error(self, where: etree._Element | int | None, message: str) -> None:
+        line = where if isinstance(where, int) else _line(where)
+        self.problems.append(ConfigProblem(self.path, line, message, "error"))
+
+    def warning(self, where: etree._Element | int | None, message: str) -> None:
+        line = where if isinstance(where, int) else _line(where)
+        self.problems.append(ConfigProblem(self.path, line, message, "warning"))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(p.severity == "error" for p in self.problems)
+
+    # reading
+
+    def parse(self) -> etree._Element | None:
+        try:
+            with open(self.path, "rb") as file:
+                data = file.read()
+        except FileNotFoundError:
+            self.error(0, "the config file does not exist; write the path of an existing config.xml "
+                          "(fileconveyor/config.sample.xml is a documented example)")
+            return None
+        except IsADirectoryError:
+            self.error(0, "this is a directory, not a config file; write the path of config.xml")
+            return None
+        except OSError as error:
+            self.error(0, f"the config file cannot be read ({error.strerror or error}); "
+                          "check its permissions, or write the path of a readable config.xml")
+            return None
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+        try:
+            root = etree.fromstring(data, parser)
+        except etree.XMLSyntaxError as error:
+            self.error(error.lineno or 1, _syntax_message(error))
+            return None
+        except (ValueError, etree.LxmlError) as error:
+            self.error(1, f"the file is not an XML document ({error}); write a config.xml in UTF-8 "
+                          "like fileconveyor/config.sample.xml")
+            return None
+        if root is None:
+            self.error(1, "the file is empty; write a <config> document like fileconveyor/config.sample.xml")
+        return root
+
+    # structure
+
+    def check_structure(self, root: etree._Element) -> None:
+        if root.tag != "config":
+            hint = "did you mean config? " if _suggest(str(root.tag), ["config"]) else ""
+            self.error(root, f"the root element is <{root.tag}>; {hint}write <config> as the root element, "
+                             "with <sources>, <servers> and <rules> inside")
+            return
+        self._check_element(root, "config")
+
+    def _check_element(self, element: etree._Element, tag: str) -> None:
+        shape = _SHAPES[tag]
+        present = list(element.attrib)
+        for name in present:
+            if name not in shape.attributes:
+                if shape.attributes:
+                    advice = _did_you_mean(name, shape.attributes, f"attributes of <{tag}>")
+                else:
+                    advice = f"remove it: <{tag}> takes no attributes"
+                self.error(element, f"<{tag}> has an unknown attribute {name}; {advice}")
+        for name in shape.required_attributes:
+            if name in present:
+                continue
+            if any(other.lower() == name.lower() for other in present):
+                continue  # already reported as a case mistake with "did you mean"
+            self.error(element, f"<{tag}> is missing the required attribute {name}; write "
+                                f"<{tag} {name}=\"{_EXAMPLES.get(name, 'VALUE')}\" ...>")
+        text_parts = [element.text or ""] + [child.tail or "" for child in element]
+        stray = " ".join(part.strip() for part in text_parts if part.strip())
+        if stray and not shape.has_text:
+            self.error(element, f"<{tag}> contains the text {stray[:40]!r}, which is not allowed there; "
+                                "remove it (values go into attributes or child elements)")
+        if shape.children is None:
+            self._check_free_children(element, tag)
+            return
+        seen: dict[str, etree._Element] = {}
+        for child in _elements(element):
+            name = str(child.tag)
+            if name not in shape.children:
+                if shape.children:
+                    advice = _did_you_mean(name, shape.children, f"elements allowed in <{tag}>")
+                else:
+                    advice = f"remove it: <{tag}> takes no child elements"
+                self.error(child, f"<{name}> is not allowed in <{tag}>; {advice}")
+                continue
+            if name in seen and name not in shape.repeatable:
+                self.error(child, f"<{tag}> has more than one <{name}> (first on line "
+                                  f"{_line(seen[name])}); merge them into one")
+                continue
+            seen.setdefault(name, child)
+            self._check_element(child, name)
+        for name in shape.required_children:
+            if name in seen:
+                continue
+            if any(str(c.tag).lower() == name.lower() for c in _elements(element)):
+                continue
+            self.error(element, f"<{tag}> needs a <{name}> element; write {_EXAMPLES.get(name, f'<{name}>')} "
+                                f"inside <{tag}>")
+
+    def _check_free_children(self, element: etree._Element, tag: str) -> None:
+        seen: dict[str, etree._Element] = {}
+        for child in _elements(element):
+            name = str(child.tag)
+            if name in seen:
+                self.error(child, f"<{tag}> sets <{name}> twice (first on line {_line(seen[name])}); "
+                                  "keep one of them")
+            seen.setdefault(name, child)
+            if len(child) or child.attrib:
+                self.error(child, f"<{name}> in <{tag}> must hold only a text value; write <{name}>VALUE</{name}>")
+
+    # meaning
+
+    def _directory(self, value: str) -> str:
+        """Absolute, normalised, `~` expanded; relative to the config file's directory; not resolved."""
+        value = os.path.expanduser(value)
+        return os.path.normpath(os.path.join(self.base_dir, value))
+
+    def load_sources(self, root: etree._Element) -> tuple[dict[str, Source], frozenset[str]]:
+        sources: dict[str, Source] = {}
+        ignored: frozenset[str] = frozenset()
+        container = root.find("sources")
+        if container is None:
+            return sources, ignored
+        raw_ignored = _attr(container, "ignoredDirs")
+        if raw_ignored is not None:
+            try:
+                ignored = parse_ignored_dirs(raw_ignored)
+            except FilterError as error:
+                self.error(container, f"<sources ignoredDirs>: {error}")
+        for element in container.findall("source"):
+            name = _attr(element, "name")
+            scan = _attr(element, "scanPath")
+            if name is None or scan is None:
+                continue  # reported as structure
+            if not _SOURCE_NAME.match(name):
+                self.error(element, f"source name {name!r} is not valid; write a name made of letters, "
+                                    "digits, - and _ (for example name=\"drupal\")")
+            elif name in sources:
+                self.error(element, f"there are two sources named {name!r} (the other on line "
+                                    f"{sources[name].line}); give each <source> its own name")
+                continue
+            scan_path = self._directory(scan) if scan else ""
+            if not scan:
+                self.error(element, f"source {name!r}: scanPath is empty; write the absolute path of the "
+                                    "directory to sync, for example scanPath=\"/var/www/site\"")
+            elif not os.path.isdir(scan_path):
+                what = "is not a directory" if os.path.exists(scan_path) else "does not exist"
+                self.error(element, f"source {name!r}: scanPath {scan_path!r} {what}; write the path of "
+                                    "an existing directory (or create it)")
+            document_root = self._document_root(element, name)
+            base_path = self._base_path(element, name, document_root)
+            sources[name] = Source(name, scan_path, document_root, base_path, _line(element))
+        return sources, ignored
+
+    def _document_root(self, element: etree._Element, name: str) -> str | None:
+        value = _attr(element, "documentRoot")
+        if value is None:
+            return None
+        if not value:
+            self.error(element, f"source {name!r}: documentRoot is empty; write the web server's "
+                                "document root, for example documentRoot=\"/var/www\", or remove it")
+            return None
+        path = self._directory(value)
+        if not os.path.isdir(path):
+            self.error(element, f"source {name!r}: documentRoot {path!r} is not an existing directory; "
+                                "write the web server's document root, or remove the attribute")
+        return path
+
+    def _base_path(self, element: etree._Element, name: str, document_root: str | None) -> str | None:
+        value = _attr(element, "basePath")
+        if value is None:
+            return None
+        if not (value.startswith("/") and value.endswith("/")):
+            fixed = "/" + value.strip("/") + "/" if value.strip("/") else "/"
+            self.error(element, f"source {name!r}: basePath {value!r} must start and end with a slash; "
+                                f"write basePath=\"{fixed}\"")
+            return value
+        if document_root and os.path.isdir(document_root):
+            logical = os.path.join(document_root, value[1:])
+            if not os.path.isdir(logical):
+                self.warning(element, f"source {name!r}: {logical!r} (documentRoot + basePath) does not "
+                                      "exist; assuming it is reached through a symlink or alias")
+        return value
+
+    def load_servers(self, root: etree._Element) -> dict[str, Server]:
+        servers: dict[str, Server] = {}
+        container = root.find("servers")
+        if container is None:
+            return servers
+        for element in container.findall("server"):
+            name = _attr(element, "name")
+            transporter = _attr(element, "transporter")
+            if name is None or transporter is None:
+                continue
+            if not name:
+                self.error(element, "server name is empty; write a name, for example name=\"cdn\"")
+                continue
+            if name in servers:
+                self.error(element, f"there are two servers named {name!r} (the other on line "
+                                    f"{servers[name].line}); give each <server> its own name")
+                continue
+            max_connections = self._max_connections(element, name)
+            settings: dict[str, str] = {}
+            setting_lines: dict[str, int] = {}
+            for child in _elements(element):
+                settings.setdefault(str(child.tag), _text(child))
+                setting_lines.setdefault(str(child.tag), _line(child))
+            canonical = self._check_transporter(element, name, transporter, settings, setting_lines)
+            servers[name] = Server(name, canonical, max_connections, types.MappingProxyType(settings),
+                                   _line(element))
+        return servers
+
+    def _max_connections(self, element: etree._Element, name: str) -> int:
+        value = _attr(element, "maxConnections")
+        if value is None or value == "":
+            return 0
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if number < 0:
+            self.error(element, f"server {name!r}: maxConnections {value!r} is not valid; write a whole "
+                                "number of connections, 0 or more (0 = no per-server limit)")
+            return 0
+        return number
+
+    def _check_transporter(self, element: etree._Element, server: str, transporter: str,
+                           settings: Mapping[str, str], setting_lines: Mapping[str, int]) -> str:
+        if not transporter:
+            self.error(element, f"server {server!r}: transporter is empty; write a transporter name, "
+                                "for example transporter=\"symlink_or_copy\" or transporter=\"s3\"")
+            return transporter
+        canonical = canonical_transporter_name(transporter)
+        try:
+            cls = resolve_transporter(transporter)
+        except TransporterNotFound as error:
+            self.error(element, f"server {server!r}: {error}")
+            return canonical
+        except Exception as error:  # a broken third-party module must not crash check-config
+            log.debug("loading transporter %r failed", transporter, exc_info=True)
+            self.error(element, f"server {server!r}: transporter {transporter!r} could not be loaded "
+                                f"({type(error).__name__}: {error}); fix or reinstall that module, or "
+                                "write another transporter name")
+            return canonical
+        try:
+            problems = cls.check_settings(settings)
+        except Exception as error:
+            log.debug("check_settings of %r failed", transporter, exc_info=True)
+            problems = [f"the settings could not be checked ({type(error).__name__}: {error})"]
+        for problem in problems:
+            mentioned = [key for key in re.findall(r"<([^<>\s/]+)>", problem) if key in setting_lines]
+            line = setting_lines[mentioned[0]] if mentioned else _line(element)
+            self.error(line, f"server {server!r}: {problem}")
+        return canonical
+
+    def load_rules(self, root: etree._Element, sources: Mapping[str, Source],
+                   servers: Mapping[str, Server]) -> tuple[Rule, ...]:
+        container = root.find("rules")
+        if container is None:
+            return ()
+        rules: list[Rule] = []
+        labels: dict[tuple[str, str], int] = {}
+        for index, element in enumerate(container.findall("rule"), start=1):
+            rule = self._rule(element, index, sources, servers)
+            if rule is None:
+                continue
+            first = labels.setdefault((rule.source, rule.label), rule.line)
+            if first != rule.line:
+                self.error(element, f"source {rule.source!r} has two rules labelled {rule.label!r} (the "
+                                    f"other on line {first}); give each rule its own label=\"...\" (the "
+                                    "label identifies the rule in logs and state)")
+            rules.append(rule)
+        self._warn_overlaps(rules)
+        if not rules and not self.has_errors:
+            self.warning(container, "there are no rules, so nothing will be synced; write "
+                                    "<rule for=\"SOURCE_NAME\">...</rule> inside <rules>")
+        return tuple(rules)
+
+    def _rule(self, element: etree._Element, index: int, sources: Mapping[str, Source],
+              servers: Mapping[str, Server]) -> Rule | None:
+        source_name = _attr(element, "for")
+        if source_name is None:
+            return None
+        source = sources.get(source_name)
+        if source is None:
+            self.error(element, f"rule for {source_name!r}: there is no source of that name; "
+                                + _did_you_mean(source_name, sorted(sources), "sources"))
+        label = _attr(element, "label")
+        if label is None or label == "":
+            label = f"rule {index}"
+        delay = self._deletion_delay(element)
+        root = source.scan_path if source is not None else os.sep
+        rule_filter = self._filter(element.find("filter"), root)
+        processors = self._processors(element.find("processorChain"))
+        destinations = self._destinations(element.find("destinations"), servers)
+        return Rule(source_name, label, rule_filter, processors, destinations, delay, _line(element))
+
+    def _deletion_delay(self, element: etree._Element) -> float | None:
+        value = _attr(element, "fileDeletionDelayAfterSync")
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number < 0:
+            self.error(element, f"fileDeletionDelayAfterSync {value!r} is not valid; write a number of "
+                                "seconds, 0 or more (0 deletes the source file right after the sync), "
+                                "or remove the attribute to keep source files")
+            return None
+        return number
+
+    def _filter(self, element: etree._Element | None, root: str) -> Filter | None:
+        if element is None:
+            return None
+        conditions: dict[str, object] = {}
+        lines: dict[str, int] = {}
+        for child in _elements(element):
+            name = str(child.tag)
+            if name not in CONDITIONS or name in conditions:
+                continue  # reported as structure
+            lines[name] = _line(child)
+            if name == "size":
+                conditions[name] = {"conditionType": _attr(child, "conditionType") or "",
+                                    "treshold": _text(child)}
+            else:
+                conditions[name] = _text(child)
+        if not conditions and any(True for _ in _elements(element)):
+            return None  # only unknown children: already reported
+        try:
+            return Filter(conditions, root)
+        except FilterError as error:
+            self.error(lines.get(error.condition or "", _line(element)), str(error))
+            return None
+
+    def _processors(self, element: etree._Element | None) -> tuple[str, ...]:
+        if element is None:
+            return ()
+        names: list[str] = []
+        for child in element.findall("processor"):
+            name = _attr(child, "name")
+            if name is None:
+                continue
+            if not name:
+                self.error(child, "processor name is empty; write for example "
+                                  "<processor name=\"unique_filename.MD5\"/>")
+                continue
+            names.append(canonical_processor_name(name))
+            try:
+                resolve_processor(name).check_available()
+            except (ProcessorNotFound, ProcessorUnavailable) as error:
+                self.error(child, str(error))
+            except Exception as error:  # a broken third-party module must not crash check-config
+                log.debug("loading processor %r failed", name, exc_info=True)
+                self.error(child, f"processor {name!r} could not be loaded ({type(error).__name__}: "
+                                  f"{error}); fix or reinstall that module, or remove the processor")
+        return tuple(names)
+
+    def _destinations(self, element: etree._Element | None,
+                      servers: Mapping[str, Server]) -> tuple[Destination, ...]:
+        if element is None:
+            return ()
+        destinations: list[Destination] = []
+        for child in element.findall("destination"):
+            server = _attr(child, "server")
+            if server is None:
+                continue
+            if server not in servers:
+                self.error(child, f"destination server {server!r} is not defined in <servers>; "
+                                  + _did_you_mean(server, sorted(servers), "servers"))
+            path = self._destination_path(child)
+            for other in destinations:
+                if other.server == server:
+                    self.error(child, f"this rule sends to server {server!r} twice (the other destination "
+                                      f"on line {other.line}); keep one <destination server=\"{server}\"> "
+                                      "per rule, or make a second rule")
+                    break
+            else:
+                destinations.append(Destination(server, path, _line(child)))
+        return tuple(destinations)
+
+    def _destination_path(self, element: etree._Element) -> str:
+        value = _attr(element, "path") or ""
+        parts = [part for part in value.replace("\\", "/").split("/") if part not in ("", ".")]
+        if ".." in parts:
+            self.error(element, f"destination path {value!r} contains '..'; write a directory below the "
+                                "server's root, for example path=\"static\"")
+            return ""
+        return "/".join(parts)
+
+    def _warn_overlaps(self, rules: list[Rule]) -> None:
+        seen: dict[tuple[str, str, str], Rule] = {}
+        for rule in rules:
+            for destination in rule.destinations:
+                key = (rule.source, destination.server, destination.path)
+                other = seen.setdefault(key, rule)
+                if other is not rule:
+                    self.warning(destination.line,
+                                 f"rules {other.label!r} (line {other.line}) and {rule.label!r} of source "
+                                 f"{rule.source!r} both send to server {destination.server!r} under "
+                                 f"{destination.path or 'its root'!r}; a file matching both is synced once. "
+                                 "If that is not intended, give one of them another path")
+
+    def load_settings(self, root: etree._Element) -> Settings | None:
+        container = root.find("settings")
+        overrides: dict[str, str] = {}
+        if container is not None:
+            known = [spec.name for spec in settings_module.SPECS]
+            for child in _elements(container):
+                name = str(child.tag)
+                if name in overrides:
+                    continue  # reported as structure
+                if name not in settings_module.SPECS_BY_NAME:
+                    self.error(child, f"<{name}> is not a setting; "
+                                      + _did_you_mean(name, known, "settings"))
+                    continue
+                value = child.text or ""
+                try:
+                    settings_module.resolve({name: value}, self.base_dir)
+                except SettingError as error:
+                    self.error(child, f"setting {error}")
+                    continue
+                overrides[name] = value
+        try:
+            return settings_module.resolve(overrides, self.base_dir)
+        except SettingError as error:
+            self.error(container, f"setting {error}")
+            return None
+
+    def warn_unused_servers(self, servers: Mapping[str, Server], rules: tuple[Rule, ...]) -> None:
+        used = {destination.server for rule in rules for destination in rule.destinations}
+        for server in servers.values():
+            if server.name not in used:
+                self.warning(server.line, f"server {server.name!r} is not used by any rule; add a "
+                                          f"<destination server=\"{server.name}\"/> to a rule, or remove it")
+
+    def load(self) -> Config | None:
+        root = self.parse()
+        if root is None:
+            return None
+        self.check_structure(root)
+        if root.tag != "config":
+            return None
+        if not self.has_errors:
+            # The walker above gives the precise messages; the schema is the authority and catches
+            # whatever the walker might let through.
+            self.problems.extend(schema_problems(root, self.path))
+        sources, ignored = self.load_sources(root)
+        servers = self.load_servers(root)
+        rules = self.load_rules(root, sources, servers)
+        self.warn_unused_servers(servers, rules)
+        settings = self.load_settings(root)
+        if self.has_errors or settings is None:
+            return None
+        return Config(path=os.path.abspath(self.path), sources=types.MappingProxyType(sources),
+                      servers=types.MappingProxyType(servers), rules=rules, ignored_dirs=ignored,
+                      settings=settings, warnings=tuple(p for p in self.problems if p.severity == "warning"))
+
+
+# --- schema -----------------------------------------------------------------------------------
+
+_SCHEMA: etree.RelaxNG | None = None
+
+#: libxml2's RelaxNG messages, rewritten into what to do. Order matters: first match wins.
+_SCHEMA_MESSAGES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (re.compile(r"Expecting element (\S+), got (\S+)"),
+     lambda m: f"<{m[2]}> is not allowed here; write <{m[1]}> (see fileconveyor/config.sample.xml)"),
+    (re.compile(r"Expecting an element (\S+), got nothing"),
+     lambda m: f"<{m[1]}> is missing; write {_EXAMPLES.get(m[1], f'<{m[1]}>')}"),
+    (re.compile(r"Element (\S+) has extra content: text"),
+     lambda m: f"<{m[1]}> contains text, which is not allowed there; remove it"),
+    (re.compile(r"Element (\S+) has extra content: (\S+)"),
+     lambda m: f"<{m[1]}> contains <{m[2]}>, which is not allowed there; remove it or move it where "
+               "config.sample.xml has it"),
+    (re.compile(r"Element (\S+) failed to validate attributes"),
+     lambda m: f"<{m[1]}> has a missing, unknown or invalid attribute; write the attributes shown in "
+               "fileconveyor/config.sample.xml"),
+    (re.compile(r"Extra element (\S+) in interleave"),
+     lambda m: f"<{m[1]}> is repeated or holds something not allowed; write it once, as in "
+               "fileconveyor/config.sample.xml"),
+)
+
+_SCHEMA_NOISE = ("Invalid sequence in interleave", "failed to validate content")
+
+
+def _schema() -> etree.RelaxNG:
+    global _SCHEMA
+    if _SCHEMA is None:
+        _SCHEMA = etree.RelaxNG(etree.parse(SCHEMA_PATH))
+    return _SCHEMA
+
+
+def schema_problems(root: etree._Element, path: str) -> list[ConfigProblem]:
+    """Problems the RelaxNG schema finds in the parsed document, in plain English."""
+    try:
+        schema = _schema()
+    except (OSError, etree.LxmlError) as error:
+        return [ConfigProblem(path, 1, f"the schema {SCHEMA_PATH} could not be loaded ({error}); "
+                                       "reinstall fileconveyor")]
+    if schema.validate(root.getroottree()):
+        return []
+    entries = [entry for entry in schema.error_log]
+    useful = [e for e in entries if not any(noise in e.message for noise in _SCHEMA_NOISE)] or entries
+    problems: list[ConfigProblem] = []
+    for entry in useful:
+        message = f"does not match the config.xml grammar ({entry.message}); compare with " \
+                  "fileconveyor/config.sample.xml"
+        for pattern, rewrite in _SCHEMA_MESSAGES:
+            match = pattern.search(entry.message)
+            if match:
+                message = rewrite(match)
+                break
+        problem = ConfigProblem(path, entry.line or 1, message)
+        if problem not in problems:
+            problems.append(problem)
+    return problems
+
+
+def _syntax_message(error: etree.XMLSyntaxError) -> str:
+    text = str(error.msg or error).strip()
+    text = re.sub(r", line \d+, column \d+$", "", text)
+    if "encoding" in text.lower() or "utf-8" in text.lower():
+        return (f"the file is not valid text in its encoding ({text}); save it as UTF-8, or declare "
+                "its encoding in the first line: <?xml version=\"1.0\" encoding=\"ISO-8859-1\"?>")
+    if "Document is empty" in text or "Start tag expected" in text:
+        return "the file holds no XML element; write a <config> document like fileconveyor/config.sample.xml"
+    return (f"XML syntax error: {text}; write well-formed XML (every tag closed, attribute values "
+            "quoted, & written as &amp;)")
+
+
+# --- API --------------------------------------------------------------------------------------
+
+def _run(path: str) -> tuple[Config | None, list[ConfigProblem]]:
+    loader = _Loader(path)
+    try:
+        return loader.load(), loader.problems
+    except Exception as error:  # last resort: no traceback may reach a user
+        log.debug("checking %s failed unexpectedly", path, exc_info=True)
+        loader.error(1, f"the config could not be checked ({type(error).__name__}: {error}); please "
+                        "report this as a bug, with the config file")
+        return None, loader.problems
+
+
+def check_config(path: str) -> list[ConfigProblem]:
+    """Every problem (errors and warnings) in the config file at `path`; never raises for bad input."""
+    return _run(path)[1]
+
+
+def load_config(path: str) -> Config:
+    """The validated Config; raises ConfigError listing every problem when there is any error.
+    On success, `Config.warnings` holds the warnings."""
+    config, problems = _run(path)
+    if config is None:
+        raise ConfigError(problems)
+    return config

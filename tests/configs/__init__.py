@@ -1,0 +1,1 @@
+"""Fixtures for the config tests (importable as tests.configs)."""
