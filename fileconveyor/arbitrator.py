@@ -1,0 +1,492 @@
+"""The arbitrator wires monitor -> pipeline -> processors -> transporters -> synced files.
+
+Threads and who wakes them (an idle daemon uses no CPU: every thread blocks on a condition):
+* the monitor's thread(s) call `_on_events`, which commits the batch to `pipeline_queue` and wakes
+  the dispatcher; only then does the monitor update its index (see fsmonitor/base.py);
+* the dispatcher claims up to MAX_FILES_IN_PIPELINE paths (never one path twice), plans each into
+  processing units and transport tasks, requeues due retries and runs due source deletions. It
+  sleeps until woken or until the next retry or deletion is due;
+* a pool of MAX_SIMULTANEOUS_PROCESSORCHAINS threads runs processor chains, each in a private
+  working directory that is removed when the file is done;
+* per server, a TransporterPool (pipeline/workers.py).
+
+One path's trip is a `Job`: it counts its outstanding units; the last one to finish decides
+whether the path is complete (removed from `pipeline_list`) or failed (to `failed_files_list`,
+with the reason and the next try). Errors inside a job fail that file only; an exception that
+escapes a thread's loop is a crash, reported through `on_crash` so the daemon can restart.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from typing import Sequence
+
+from fileconveyor.config import Config, Rule
+from fileconveyor.fsmonitor import Event, FSEvent, Monitor
+from fileconveyor.fsmonitor import get_monitor
+from fileconveyor.pipeline.queue import Item, PersistentPipeline, retry_delay
+from fileconveyor.pipeline.synced_files import SyncedFiles
+from fileconveyor.pipeline.workers import TransportTask, TransporterPool
+from fileconveyor.processors.base import (
+    ProcessorChain,
+    ProcessorContext,
+    ProcessorError,
+    WaitForFiles,
+    resolve_processor,
+)
+from fileconveyor import routing
+from fileconveyor.transporters.base import (
+    TransporterContext,
+    TransporterError,
+    resolve_transporter,
+)
+
+log = logging.getLogger(__name__)
+
+#: Severity order of failure kinds: the worst one decides how long a failed file waits.
+_KIND_ORDER = ("waiting", "retryable", "permanent", "configuration")
+WORK_DIR_PREFIX = "run-"
+
+
+@dataclasses.dataclass
+class _Failure:
+    kind: str
+    reason: str
+
+
+class Job:
+    """One in-flight path: counts outstanding units and finishes exactly once."""
+
+    def __init__(self, arbitrator: "Arbitrator", item: Item) -> None:
+        self.arbitrator = arbitrator
+        self.item = item
+        self.path = item.input_file
+        self._lock = threading.Lock()
+        self._pending = 1  # the planning phase itself
+        self.failures: list[_Failure] = []
+        self.done: set[str] = set(item.done)
+        self.work_dirs: list[str] = []
+        self.rules: list[Rule] = []
+        self.synced_any = False
+
+    def add_pending(self, count: int = 1) -> None:
+        with self._lock:
+            self._pending += count
+
+    def finish_unit(self, failure: _Failure | None = None, done_key: str | None = None) -> None:
+        with self._lock:
+            if failure is not None:
+                self.failures.append(failure)
+            elif done_key is not None:
+                self.done.add(done_key)
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            self.arbitrator._finish(self)
+
+
+class Arbitrator:
+    def __init__(self, config: Config, on_crash=None) -> None:
+        self.config = config
+        self.settings = config.settings
+        self._on_crash_callback = on_crash
+        self.crashed = threading.Event()
+        self.crash_error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._jobs: dict[str, Job] = {}
+        self._jobs_lock = threading.Lock()
+        self.pipeline: PersistentPipeline | None = None
+        self.synced: SyncedFiles | None = None
+        self.monitor: Monitor | None = None
+        self.pools: dict[str, TransporterPool] = {}
+        self.chains: dict[str, ProcessorChain] = {}
+        self._dispatcher: threading.Thread | None = None
+        self._processors: concurrent.futures.ThreadPoolExecutor | None = None
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        self.pipeline = PersistentPipeline(s.PERSISTENT_DATA_DB)
+        self.synced = SyncedFiles(s.SYNCED_FILES_DB)
+        recovered = self.pipeline.recover_in_flight()
+        if recovered:
+            log.warning("Recovered %d file(s) that were in flight when File Conveyor last stopped", recovered)
+        self._prepare_working_dir()
+        for rule in self.config.rules:
+            chain = ProcessorChain([resolve_processor(name) for name in rule.processors])
+            for cls in chain.processor_classes:
+                cls.check_available()
+            self.chains[rule.key] = chain
+        slots = threading.BoundedSemaphore(s.MAX_SIMULTANEOUS_TRANSPORTERS)
+        roots = tuple(src.scan_path for src in self.config.sources.values())
+        state_dir = os.path.join(os.path.dirname(os.path.abspath(s.PERSISTENT_DATA_DB)), "transporter_state")
+        for server in self.config.servers.values():
+            cls = resolve_transporter(server.transporter)
+            context = TransporterContext(server_name=server.name, state_dir=state_dir, source_roots=roots)
+            limit = min(server.max_connections or s.MAX_SIMULTANEOUS_TRANSPORTERS, s.MAX_SIMULTANEOUS_TRANSPORTERS)
+            self.pools[server.name] = TransporterPool(
+                server.name, lambda cls=cls, server=server, context=context: cls(server.settings, context),
+                limit, slots, self._crash)
+        self._processors = concurrent.futures.ThreadPoolExecutor(
+            max_workers=s.MAX_SIMULTANEOUS_PROCESSORCHAINS, thread_name_prefix="processor")
+        self._dispatcher = threading.Thread(target=self._guarded, args=(self._dispatch_loop,),
+                                            name="dispatcher", daemon=True)
+        self._dispatcher.start()
+        self.monitor = get_monitor(s.FSMONITOR_BACKEND, self._on_events, s.FSMONITOR_DB,
+                                   self.config.ignored_dirs, on_crash=self._crash,
+                                   poll_interval=s.POLL_INTERVAL)
+        self.monitor.start()
+        for source in self.config.sources.values():
+            self.monitor.add_tree(source.scan_path)
+        log.info("File Conveyor is up: %d source(s), %d server(s), %d rule(s); monitor: %s",
+                 len(self.config.sources), len(self.config.servers), len(self.config.rules), self.monitor.name)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking work, give in-flight work `timeout` seconds, flush and close.
+
+        Work still running after the timeout stays in `pipeline_list` and is resumed at the next
+        start; nothing is lost."""
+        timeout = self.settings.SHUTDOWN_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if self.monitor is not None:
+            try:
+                self.monitor.stop()
+            except Exception:  # noqa: BLE001 - shutting down anyway; the index rescan repairs
+                log.error("Error while stopping the monitor", exc_info=True)
+        self._stopping.set()
+        self._wake.set()
+        if self._dispatcher is not None:
+            self._dispatcher.join(max(0.0, deadline - time.monotonic()))
+        with self._jobs_lock:
+            waiting_for = len(self._jobs)
+        if waiting_for:
+            log.info("Waiting up to %.0f s for %d file(s) in flight", max(0.0, deadline - time.monotonic()), waiting_for)
+        while time.monotonic() < deadline:
+            with self._jobs_lock:
+                if not self._jobs:
+                    break
+            self._wake.wait(0.1)
+            self._wake.clear()
+        for pool in self.pools.values():
+            pool.stop(max(0.0, deadline - time.monotonic()))
+        if self._processors is not None:
+            self._processors.shutdown(wait=False, cancel_futures=True)
+        with self._jobs_lock:
+            left = len(self._jobs)
+            self._jobs.clear()
+        if left:
+            log.warning("%d file(s) still in flight at shutdown; they will be resumed at the next start", left)
+        if self.pipeline is not None:
+            counts = self.pipeline.counts()
+            log.info("Stopped: %(waiting)d waiting, %(in_flight)d in flight, %(failed)d failed", counts)
+            self.pipeline.close()
+        if self.synced is not None:
+            self.synced.close()
+
+    def _crash(self, error: BaseException) -> None:
+        if self._stopping.is_set():
+            return
+        self.crash_error = error
+        self.crashed.set()
+        if self._on_crash_callback is not None:
+            self._on_crash_callback(error)
+
+    def _guarded(self, body) -> None:
+        try:
+            body()
+        except BaseException as error:  # noqa: BLE001 - reported, never silent
+            log.critical("Thread %s died: %s", threading.current_thread().name, error, exc_info=True)
+            self._crash(error)
+
+    def _prepare_working_dir(self) -> None:
+        working_dir = self.settings.WORKING_DIR
+        os.makedirs(working_dir, mode=0o700, exist_ok=True)
+        for entry in os.listdir(working_dir):
+            if entry.startswith(WORK_DIR_PREFIX):
+                shutil.rmtree(os.path.join(working_dir, entry), ignore_errors=True)
+
+    # --- status for tests and `status` --------------------------------------------------------
+
+    @property
+    def is_idle(self) -> bool:
+        """Nothing waiting, nothing in flight, monitor idle (failed files may be waiting to retry)."""
+        assert self.pipeline is not None
+        with self._jobs_lock:
+            if self._jobs:
+                return False
+        counts = self.pipeline.counts()
+        return counts["waiting"] == 0 and counts["in_flight"] == 0 and (self.monitor is None or self.monitor.is_idle)
+
+    # --- events in ----------------------------------------------------------------------------
+
+    def _on_events(self, batch: Sequence[FSEvent]) -> None:
+        assert self.pipeline is not None
+        accepted = [(e.path, e.event) for e in batch if not routing.is_ignored(self.config, e.path)]
+        if accepted:
+            self.pipeline.put_many(accepted)
+            log.debug("Queued %d event(s)", len(accepted))
+            self._wake.set()
+
+    # --- dispatcher -----------------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        assert self.pipeline is not None
+        s = self.settings
+        while not self._stopping.is_set():
+            self._wake.clear()
+            now = time.time()
+            self.pipeline.requeue_due(now)
+            self._delete_due_sources(now)
+            with self._jobs_lock:
+                capacity = s.MAX_FILES_IN_PIPELINE - len(self._jobs)
+            items = self.pipeline.claim(capacity) if capacity > 0 else []
+            for item in items:
+                job = Job(self, item)
+                with self._jobs_lock:
+                    self._jobs[item.input_file] = job
+                try:
+                    self._plan(job)
+                except Exception as error:  # noqa: BLE001 - one file's problem, not the daemon's
+                    log.error("Cannot plan %r", item.input_file, exc_info=True)
+                    job.failures.append(_Failure("retryable", f"unexpected {type(error).__name__}: {error}"))
+                job.finish_unit()
+            if items and len(items) == capacity:
+                continue  # more may be waiting; loop again without sleeping
+            self._wake.wait(self._sleep_time())
+
+    def _sleep_time(self) -> float:
+        assert self.pipeline is not None
+        now = time.time()
+        candidates = [30.0]  # also picks up rows queued by other processes (verify --requeue)
+        for due in (self.pipeline.next_retry_time(), self.pipeline.next_deletion_time()):
+            if due is not None:
+                candidates.append(max(0.05, due - now))
+        return min(candidates)
+
+    def _delete_due_sources(self, now: float) -> None:
+        assert self.pipeline is not None
+        for path in self.pipeline.due_deletions(now):
+            with self._jobs_lock:
+                if path in self._jobs:
+                    continue  # a newer version is being synced; try again after it
+            try:
+                os.unlink(path)
+                log.info("Deleted source file %s (fileDeletionDelayAfterSync)", path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                log.error("Cannot delete source file %s: %s", path, error)
+                continue
+            self.pipeline.mark_deleted_by_us(path)
+
+    # --- planning one path -------------------------------------------------------------------------
+
+    def _plan(self, job: Job) -> None:
+        assert self.pipeline is not None and self.synced is not None
+        path, event = job.path, job.item.event
+        if event is Event.DELETED:
+            self._plan_deletion(job)
+            return
+        if not os.path.isfile(path):
+            log.debug("%s vanished before it could be synced; its deletion event follows", path)
+            return
+        if self.pipeline.deletion_state(path) == "deleted":
+            self.pipeline.forget_deletion(path)  # the file came back after we deleted it
+        job.rules = routing.matching_rules(self.config, path, is_deleted=False)
+        if not job.rules:
+            log.debug("No rule matches %s", path)
+            return
+        seen: set[tuple[str, str]] = set()
+        for rule in job.rules:
+            chain = self.chains[rule.key]
+            destinations = [d for d in rule.destinations if f"{rule.key}|{d.server}" not in job.done]
+            if not destinations:
+                continue
+            if not chain.processor_classes:
+                self._send(job, rule, destinations, path, seen)
+            elif chain.depends_on_server(path):
+                for destination in destinations:
+                    self._process(job, rule, chain, [destination], destination.server, seen)
+            else:
+                self._process(job, rule, chain, destinations, None, seen)
+
+    def _process(self, job: Job, rule: Rule, chain: ProcessorChain, destinations, server, seen) -> None:
+        assert self._processors is not None and self.synced is not None
+        source = self.config.sources[rule.source]
+        work_dir = os.path.join(self.settings.WORKING_DIR, f"{WORK_DIR_PREFIX}{uuid.uuid4().hex}")
+        os.makedirs(work_dir, mode=0o700)
+        job.work_dirs.append(work_dir)
+        synced = self.synced
+        context = ProcessorContext(
+            original_file=job.path, document_root=source.document_root, base_path=source.base_path,
+            server=server, working_dir=work_dir,
+            synced_url=lambda input_file, server=server: synced.url(input_file, server))
+        job.add_pending()
+
+        def run() -> None:
+            try:
+                output = chain.run(context)
+            except WaitForFiles as wait:
+                for destination in destinations:
+                    self.pipeline.set_dependencies(job.path, destination.server, wait.paths)  # type: ignore[union-attr]
+                job.finish_unit(_Failure("waiting", f"{rule.key}: {wait}"))
+                return
+            except (ProcessorError, OSError) as error:
+                log.warning("Processing %s for rule %r failed: %s", job.path, rule.key, error)
+                job.finish_unit(_Failure("retryable", f"{rule.key}: processing failed: {error}"))
+                return
+            except Exception as error:  # noqa: BLE001 - a bug in a processor fails this file only
+                log.error("Processor chain of rule %r crashed on %s", rule.key, job.path, exc_info=True)
+                job.finish_unit(_Failure("retryable", f"{rule.key}: unexpected {type(error).__name__}: {error}"))
+                return
+            for destination in destinations:
+                self.pipeline.set_dependencies(job.path, destination.server, context.dependencies)  # type: ignore[union-attr]
+            try:
+                self._send(job, rule, destinations, output, seen)
+            finally:
+                job.finish_unit()
+
+        self._processors.submit(self._guarded_unit, job, run)
+
+    def _guarded_unit(self, job: Job, body) -> None:
+        try:
+            body()
+        except BaseException as error:  # noqa: BLE001
+            log.critical("Unexpected error while syncing %s", job.path, exc_info=True)
+            job.finish_unit(_Failure("retryable", f"unexpected {type(error).__name__}: {error}"))
+
+    def _send(self, job: Job, rule: Rule, destinations, output: str, seen: set[tuple[str, str]]) -> None:
+        source = self.config.sources[rule.source]
+        basename = os.path.basename(output)
+        for destination in destinations:
+            remote = routing.remote_path(destination, source, job.path, basename)
+            key = (destination.server, remote)
+            if key in seen:
+                continue  # two rules send this file to the same place: upload it once
+            seen.add(key)
+            done_key = f"{rule.key}|{destination.server}"
+            job.add_pending()
+            self.pools[destination.server].submit(TransportTask(
+                "upload", remote, output,
+                lambda url, error, server=destination.server, remote=remote, done_key=done_key:
+                    self._uploaded(job, server, remote, basename, url, error, done_key)))
+
+    def _uploaded(self, job: Job, server: str, remote: str, basename: str, url: str | None,
+                  error: TransporterError | None, done_key: str) -> None:
+        assert self.synced is not None and self.pipeline is not None
+        if error is not None:
+            log.warning("Upload of %s to %s failed: %s", job.path, server, error)
+            job.finish_unit(_Failure(error.kind, f"{server}: {error}"))
+            return
+        assert url is not None
+        old = self.synced.record(job.path, server, basename, url)
+        log.info("Synced %s to %s: %s", job.path, server, url)
+        if old is None or old.url != url:
+            dependents = self.pipeline.dependents_of(job.path, server)
+            if dependents:
+                log.info("Queueing %d file(s) that embed the URL of %s", len(dependents), job.path)
+                self.pipeline.put_many((d, Event.MODIFIED) for d in dependents if d != job.path)
+        if old is not None and old.transported_file_basename != basename:
+            old_remote = remote[: -len(basename)] + old.transported_file_basename
+            job.add_pending()
+            self.pools[server].submit(TransportTask(
+                "delete", old_remote, None,
+                lambda _url, delete_error: self._old_deleted(job, server, old_remote, delete_error)))
+        job.finish_unit(done_key=done_key)
+
+    def _old_deleted(self, job: Job, server: str, remote: str, error: TransporterError | None) -> None:
+        if error is not None:
+            # The new file is recorded; retrying the whole file would not retry this deletion, so
+            # it is reported instead of failing the file.
+            log.warning("Could not delete the old copy %r on %s (now orphaned): %s", remote, server, error)
+        else:
+            log.info("Deleted old copy %r on %s", remote, server)
+        job.finish_unit()
+
+    def _plan_deletion(self, job: Job) -> None:
+        assert self.synced is not None and self.pipeline is not None
+        path = job.path
+        state = self.pipeline.deletion_state(path)
+        if state == "deleted":
+            self.pipeline.forget_deletion(path)
+            log.info("%s was deleted by File Conveyor after its sync; the deletion is not propagated", path)
+            return
+        if state == "scheduled":
+            self.pipeline.forget_deletion(path)
+        self.pipeline.forget_dependent(path)
+        for row in self.synced.for_file(path):
+            if row.server not in self.pools:
+                log.warning("%s was synced to server %r, which is no longer configured; its row is kept",
+                            path, row.server)
+                continue
+            remotes = routing.remote_paths_on_server(self.config, path, row.server, row.transported_file_basename)
+            if not remotes:
+                log.warning("Cannot tell where %s sits on %r (no rule sends it there any more); "
+                            "forgetting its row", path, row.server)
+                self.synced.remove(path, row.server)
+                continue
+            for remote in remotes:
+                job.add_pending()
+                self.pools[row.server].submit(TransportTask(
+                    "delete", remote, None,
+                    lambda _url, error, server=row.server, remote=remote: self._deleted(job, server, remote, error)))
+
+    def _deleted(self, job: Job, server: str, remote: str, error: TransporterError | None) -> None:
+        assert self.synced is not None
+        if error is not None:
+            log.warning("Deletion of %r on %s failed: %s", remote, server, error)
+            job.finish_unit(_Failure(error.kind, f"{server}: delete failed: {error}"))
+            return
+        self.synced.remove(job.path, server)
+        log.info("Deleted %s from %s (%s)", job.path, server, remote)
+        job.finish_unit()
+
+    # --- the end of a path's trip ---------------------------------------------------------------
+
+    def _finish(self, job: Job) -> None:
+        assert self.pipeline is not None
+        s = self.settings
+        for work_dir in job.work_dirs:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        try:
+            if not job.failures:
+                self.pipeline.complete(job.path)
+                self._schedule_source_deletion(job)
+            else:
+                kind = max((f.kind for f in job.failures), key=_KIND_ORDER.index)
+                reason = "; ".join(f.reason for f in job.failures)[:2000]
+                attempts = job.item.attempts + 1
+                if kind in ("permanent", "configuration"):
+                    delay = s.RETRY_MAX_INTERVAL
+                else:
+                    delay = retry_delay(attempts, s.RETRY_INTERVAL, s.RETRY_MAX_INTERVAL)
+                failed = self.pipeline.fail(job.item, kind, reason, delay, job.done)
+                if failed is not None:
+                    log.warning("Sync of %s failed (attempt %d, %s): %s; next try in %.0f s",
+                                job.path, attempts, kind, reason, delay)
+        finally:
+            with self._jobs_lock:
+                self._jobs.pop(job.path, None)
+            self._wake.set()
+
+    def _schedule_source_deletion(self, job: Job) -> None:
+        """fileDeletionDelayAfterSync, per rule: the source goes only if every rule that matched it
+        asks for deletion, after the longest of their delays (a rule without the attribute keeps
+        its files)."""
+        assert self.pipeline is not None
+        if job.item.event is Event.DELETED or not job.rules:
+            return
+        delays = [rule.deletion_delay for rule in job.rules]
+        if any(d is None for d in delays):
+            return
+        self.pipeline.schedule_deletion(job.path, time.time() + max(d for d in delays if d is not None))
+        self._wake.set()
+

@@ -1,0 +1,266 @@
+"""The `fileconveyor` command. The only place that maps errors to exit codes and sets up logging.
+
+Exit codes: 0 success; 1 failure (daemon did not start or stop, files missing in `verify`,
+upgrade failed); 2 bad config or bad usage. No traceback reaches a user: unexpected errors are
+logged with their traceback to the log file and summarised on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.handlers
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from fileconveyor import __version__
+from fileconveyor.config import Config, ConfigError, check_config, load_config
+from fileconveyor.settings import Settings
+
+log = logging.getLogger("fileconveyor")
+
+LOG_FORMAT = "%(asctime)s %(levelname)-8s [%(threadName)s] %(name)s: %(message)s"
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+class _ReopenableRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = self._open()
+        finally:
+            self.release()
+
+
+def setup_logging(settings: Settings, console: bool = True, verbose: bool = False) -> Callable[[], None]:
+    """Configure the root logger; returns a function that reopens the log file (SIGHUP)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(LOG_FORMAT)
+    file_handler: _ReopenableRotatingFileHandler | None = None
+    levels = []
+    if settings.LOG_FILE:
+        os.makedirs(os.path.dirname(os.path.abspath(settings.LOG_FILE)), exist_ok=True)
+        if not os.path.exists(settings.LOG_FILE):
+            os.close(os.open(settings.LOG_FILE, os.O_CREAT | os.O_WRONLY, 0o600))
+        file_handler = _ReopenableRotatingFileHandler(settings.LOG_FILE, maxBytes=5 * 1024 * 1024, backupCount=5,
+                                                      encoding="utf-8")
+        file_handler.setFormatter(formatter)
+        file_handler.setLevel(settings.FILE_LOGGER_LEVEL)
+        root.addHandler(file_handler)
+        levels.append(settings.FILE_LOGGER_LEVEL)
+    if console:
+        console_handler = logging.StreamHandler(sys.stderr)
+        console_handler.setFormatter(formatter)
+        level = logging.DEBUG if verbose else settings.CONSOLE_LOGGER_LEVEL
+        console_handler.setLevel(level)
+        root.addHandler(console_handler)
+        levels.append(level)
+    root.setLevel(min(levels) if levels else logging.WARNING)
+    return file_handler.reopen if file_handler is not None else (lambda: None)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(os.path.abspath(args.config))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or args.config
+    problems = check_config(os.path.abspath(path))
+    for problem in problems:
+        print(str(problem), file=sys.stderr)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        print(f"{len(errors)} error(s) in {path}", file=sys.stderr)
+        return 2
+    print(f"{path}: OK" + (f" ({len(problems)} warning(s))" if problems else ""))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fileconveyor.daemon import Runner
+
+    ready_fd = args.ready_fd
+
+    def ready(error: str | None) -> None:
+        nonlocal ready_fd
+        if ready_fd is None:
+            return
+        try:
+            os.write(ready_fd, (f"error: {error}" if error else "ready").encode("utf-8", "replace") + b"\n")
+            os.close(ready_fd)
+        except OSError:
+            pass
+        ready_fd = None
+
+    try:
+        config = _load(args)
+    except ConfigError as error:
+        ready("the config is invalid:\n" + "\n".join(str(p) for p in error.problems if p.severity == "error"))
+        raise
+    reopen = setup_logging(config.settings, console=args.ready_fd is None, verbose=args.verbose)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return Runner(os.path.abspath(args.config), config, reopen, ready).run()
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from fileconveyor.daemon import start_detached
+
+    config = _load(args)
+    pid = start_detached(os.path.abspath(args.config), config.settings.PID_FILE, config.settings.LOG_FILE)
+    print(f"File Conveyor started (PID {pid}); log: {config.settings.LOG_FILE or 'none'}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from fileconveyor.daemon import stop_daemon
+
+    config = _load(args)
+    pid = stop_daemon(config.settings.PID_FILE, config.settings.SHUTDOWN_TIMEOUT + 30)
+    if pid is None:
+        print(f"File Conveyor is not running (no live process in {config.settings.PID_FILE})")
+        return 0
+    print(f"File Conveyor (PID {pid}) stopped")
+    return 0
+
+
+def status_report(config: Config) -> dict[str, Any]:
+    from fileconveyor.daemon import running_pid
+    from fileconveyor.pipeline.queue import PersistentPipeline
+    from fileconveyor.pipeline.synced_files import SyncedFiles
+
+    s = config.settings
+    report: dict[str, Any] = {"running": False, "pid": None, "pid_file": s.PID_FILE}
+    pid = running_pid(s.PID_FILE)
+    if pid is not None:
+        report.update(running=True, pid=pid)
+    if os.path.exists(s.PERSISTENT_DATA_DB):
+        pipeline = PersistentPipeline(s.PERSISTENT_DATA_DB)
+        try:
+            report.update(pipeline.counts())
+            report["in_flight_files"] = [i.input_file for i in pipeline.in_flight()[:100]]
+            report["failed_files"] = [
+                {"file": f.input_file, "event": f.event.name, "attempts": f.attempts, "kind": f.kind,
+                 "reason": f.reason, "next_try": f.next_try} for f in pipeline.failed_items(100)]
+        finally:
+            pipeline.close()
+    else:
+        report.update(waiting=0, in_flight=0, failed=0, to_delete=0, in_flight_files=[], failed_files=[])
+    synced: dict[str, int] = {name: 0 for name in config.servers}
+    if os.path.exists(s.SYNCED_FILES_DB):
+        db = SyncedFiles(s.SYNCED_FILES_DB)
+        try:
+            synced.update(db.counts_per_server())
+        finally:
+            db.close()
+    report["synced"] = synced
+    return report
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = status_report(_load(args))
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    state = f"running (PID {report['pid']})" if report["running"] else "not running"
+    print(f"File Conveyor is {state}")
+    print(f"  waiting:   {report['waiting']}")
+    print(f"  in flight: {report['in_flight']}")
+    print(f"  failed:    {report['failed']}")
+    now = time.time()
+    for failed in report["failed_files"][:20]:
+        wait = max(0, failed["next_try"] - now)
+        print(f"    {failed['file']} ({failed['event']}, {failed['attempts']} attempt(s), {failed['kind']},"
+              f" next try in {wait:.0f} s): {failed['reason']}")
+    if report["to_delete"]:
+        print(f"  source files scheduled for deletion: {report['to_delete']}")
+    print("  synced per server:")
+    for server, count in sorted(report["synced"].items()):
+        print(f"    {server}: {count}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fileconveyor.verify import verify
+
+    config = _load(args)
+    setup_logging(config.settings, console=True, verbose=args.verbose)
+    return verify(config, requeue=args.requeue, out=sys.stdout)
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    from fileconveyor import upgrade
+
+    return upgrade.main(["--config", args.config] + args.upgrade_args)
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fileconveyor",
+        description="Keeps CDNs, object stores and servers in sync with local directory trees.")
+    parser.add_argument("--version", action="version", version=f"fileconveyor {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default="config.xml", metavar="FILE",
+                        help="config.xml of the daemon to act on (default: ./config.xml)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log DEBUG lines on the console")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", parents=[common], help="run in the foreground")
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_run)
+    sub.add_parser("start", parents=[common], help="start in the background (PID file)").set_defaults(func=cmd_start)
+    sub.add_parser("stop", parents=[common], help="stop the background daemon and wait").set_defaults(func=cmd_stop)
+    p = sub.add_parser("status", parents=[common], help="running or not, queue sizes, failures, synced files")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("verify", parents=[common], help="check that every synced file is at its destination")
+    p.add_argument("--requeue", action="store_true", help="queue the missing files again")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("upgrade", parents=[common], help="bring state databases to the current schema")
+    p.add_argument("upgrade_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_upgrade)
+    p = sub.add_parser("check-config", parents=[common], help="validate config.xml; exit 2 on errors")
+    p.add_argument("file", nargs="?", default=None, help="config file (default: --config)")
+    p.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fileconveyor.daemon import DaemonError
+    from fileconveyor.pipeline.db import DatabaseError
+    from fileconveyor.processors.base import ProcessorNotFound, ProcessorUnavailable
+    from fileconveyor.transporters.base import TransporterNotFound
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(str(problem), file=sys.stderr)
+        return 2
+    except (ProcessorNotFound, ProcessorUnavailable, TransporterNotFound) as error:
+        print(f"fileconveyor: {error}", file=sys.stderr)
+        return 2
+    except (DaemonError, DatabaseError) as error:
+        print(f"fileconveyor: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - the one place that turns a bug into a message
+        logging.getLogger("fileconveyor").critical("Unexpected error", exc_info=True)
+        print(f"fileconveyor: unexpected {type(error).__name__}: {error} (details in the log file)",
+              file=sys.stderr)
+        return 1
