@@ -177,7 +177,7 @@ def _suggest(name: str, allowed: "list[str] | tuple[str, ...]") -> str | None:
     for candidate in allowed:
         if candidate.lower() == name.lower():
             return candidate
-    close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.75)
+    close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
     return close[0] if close else None
 
 
@@ -475,7 +475,7 @@ class _Loader:
         for problem in problems:
             mentioned = [key for key in re.findall(r"<([^<>\s/]+)>", problem) if key in setting_lines]
             line = setting_lines[mentioned[0]] if mentioned else _line(element)
-            self.error(line, f"server {server!r}: {problem}")
+            self.error(line, f"server {server!r}: {problem}{_setting_advice(problem, cls.valid_settings)}")
         return canonical
 
     def load_rules(self, root: etree._Element, sources: Mapping[str, Source],
@@ -682,6 +682,20 @@ class _Loader:
                       settings=settings, warnings=tuple(p for p in self.problems if p.severity == "warning"))
 
 
+def _setting_advice(problem: str, valid: frozenset[str]) -> str:
+    """What to write, for a transporter's settings problem that does not say it already."""
+    unknown = re.search(r"unknown setting <([^<>]+)>", problem)
+    if unknown:
+        suggestion = _suggest(unknown[1], sorted(valid))
+        return f"; did you mean <{suggestion}>?" if suggestion else "; remove it"
+    if "write" in problem.lower():
+        return ""
+    required = re.search(r"requires the setting <([^<>]+)>", problem)
+    if required:
+        return f"; write <{required[1]}>VALUE</{required[1]}> inside this <server>"
+    return "; see docs/configuration.md for the settings of each transporter"
+
+
 # --- schema -----------------------------------------------------------------------------------
 
 _SCHEMA: etree.RelaxNG | None = None
@@ -697,6 +711,9 @@ _SCHEMA_MESSAGES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], 
     (re.compile(r"Element (\S+) has extra content: (\S+)"),
      lambda m: f"<{m[1]}> contains <{m[2]}>, which is not allowed there; remove it or move it where "
                "config.sample.xml has it"),
+    (re.compile(r"Invalid attribute (\S+) for element (\S+)"),
+     lambda m: f"<{m[2]}> has an unknown attribute {m[1]}; remove it (names are case-sensitive; see "
+               "fileconveyor/config.sample.xml)"),
     (re.compile(r"Element (\S+) failed to validate attributes"),
      lambda m: f"<{m[1]}> has a missing, unknown or invalid attribute; write the attributes shown in "
                "fileconveyor/config.sample.xml"),
@@ -705,7 +722,7 @@ _SCHEMA_MESSAGES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], 
                "fileconveyor/config.sample.xml"),
 )
 
-_SCHEMA_NOISE = ("Invalid sequence in interleave", "failed to validate content")
+_SCHEMA_NOISE = ("Invalid sequence in interleave", "failed to validate content", "Expecting an element , got")
 
 
 def _schema() -> etree.RelaxNG:
@@ -735,9 +752,10 @@ def schema_problems(root: etree._Element, path: str) -> list[ConfigProblem]:
             if match:
                 message = rewrite(match)
                 break
-        problem = ConfigProblem(path, entry.line or 1, message)
-        if problem not in problems:
-            problems.append(problem)
+        # libxml2 reports the innermost mistake first, then its consequences for the ancestors
+        # (often on the same line): one message per line is the useful one.
+        if not any(problem.line == (entry.line or 1) for problem in problems):
+            problems.append(ConfigProblem(path, entry.line or 1, message))
     return problems
 
 
@@ -758,12 +776,13 @@ def _syntax_message(error: etree.XMLSyntaxError) -> str:
 def _run(path: str) -> tuple[Config | None, list[ConfigProblem]]:
     loader = _Loader(path)
     try:
-        return loader.load(), loader.problems
+        config = loader.load()
     except Exception as error:  # last resort: no traceback may reach a user
         log.debug("checking %s failed unexpectedly", path, exc_info=True)
         loader.error(1, f"the config could not be checked ({type(error).__name__}: {error}); please "
                         "report this as a bug, with the config file")
-        return None, loader.problems
+        config = None
+    return config, sorted(loader.problems, key=lambda problem: problem.line)
 
 
 def check_config(path: str) -> list[ConfigProblem]:
