@@ -1,0 +1,323 @@
+"""What every backend shares: the path index, batched delivery, and "index only after commit".
+
+A backend (inotify, polling, FSEvents) only turns what it sees into `report(events, ops)` calls:
+events for the pipeline and the index ops that record what it saw. This module
+
+* batches events (up to `max_batch`, or what arrived within `batch_latency` seconds) so that an
+  initial scan of 10,000 files is ~20 callbacks, not 10,000;
+* calls the callback from ONE delivery thread, in report order, and applies a batch's index ops
+  only after the callback returned (the events are durable in the pipeline queue by then); if the
+  callback raises, the same batch is retried with backoff and the index is not touched, so a crash
+  at any moment causes a repeat, never a loss;
+* keeps the not-yet-committed ops in an in-memory overlay, so a backend deciding CREATED vs
+  MODIFIED, or which files a deleted directory held, sees what it already reported;
+* drops a CREATED/MODIFIED for a path that already has one waiting (the pipeline reads the file
+  when it processes it, so the waiting event already covers the newer content);
+* applies backpressure: `report()` blocks while `max_pending` events wait, so a stuck pipeline
+  makes the inotify reader fall behind, the kernel queue overflows, and the overflow rescan
+  recovers everything, instead of memory growing without bound.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from typing import Iterable, Sequence
+
+from fileconveyor.fsmonitor.base import (
+    CrashCallback,
+    Event,
+    EventBatchCallback,
+    FSEvent,
+    Monitor,
+    MonitorError,
+    MonitorThread,
+)
+from fileconveyor.fsmonitor.pathscanner import (
+    Entry,
+    Key,
+    Op,
+    PathScanner,
+    Scandir,
+    UndecodableNames,
+    is_below,
+    merge_overlay,
+    scan_tree,
+)
+
+log = logging.getLogger(__name__)
+
+_SeqOp = tuple[Key, "Entry | None", int]
+
+
+class TreeMonitor(Monitor):
+    """Shared implementation of the Monitor contract; subclasses provide `_run` and `_backend_idle`."""
+
+    def __init__(
+        self,
+        callback: EventBatchCallback,
+        index_path: str,
+        ignored_dirs: Iterable[str] = (),
+        on_crash: CrashCallback | None = None,
+        *,
+        max_batch: int = 500,
+        batch_latency: float = 0.05,
+        max_pending: int = 10_000,
+        scandir: Scandir = os.scandir,
+    ) -> None:
+        super().__init__(callback, index_path, ignored_dirs, on_crash)
+        self.scanner = PathScanner(index_path)
+        self.names = UndecodableNames()
+        self.trees: list[str] = []
+        self.max_batch = max_batch
+        self.batch_latency = batch_latency
+        self.max_pending = max(1, max_pending)
+        self._scandir = scandir
+        self._cond = threading.Condition()
+        self._chunks: collections.deque[tuple[list[FSEvent], list[_SeqOp]]] = collections.deque()
+        self._pending_events = 0
+        self._first_put = 0.0
+        self._waiting: dict[str, FSEvent] = {}
+        self._overlay: dict[Key, tuple[Entry | None, int]] = {}
+        self._seq = 0
+        self._in_flight = False
+        self._closing = False
+        self._stop_event = threading.Event()
+        self._threads: list[MonitorThread] = []
+        self._started = False
+        self._lock = threading.Lock()
+        #: Trees (or directories) the backend thread is to scan: added trees and rescans.
+        self._requests: list[str] = []
+
+    def add_tree(self, path: str) -> None:
+        root = self._check_tree(path)
+        if root is None:
+            return
+        with self._lock:
+            self.trees.append(root)
+            self._requests.append(root)
+        log.info("Watching %s with the %s monitor", root, self.name)
+        self._wake()
+
+    def rescan(self, path: str | None = None) -> None:
+        with self._lock:
+            self._requests.extend([path] if path else self.trees)
+        self._wake()
+
+    def _take_requests(self) -> list[str]:
+        with self._lock:
+            todo = list(dict.fromkeys(self._requests))
+            self._requests.clear()
+            return todo
+
+    # -- trees -------------------------------------------------------------------------------
+
+    def _check_tree(self, path: str) -> str | None:
+        """Normalised root, or None when it is already watched; MonitorError when unusable."""
+        root = os.path.abspath(path)
+        try:
+            root.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MonitorError(f"Cannot watch {root!r}: the path is not valid UTF-8") from None
+        if not os.path.isdir(root):
+            raise MonitorError(f"Cannot watch {root}: it is not a directory (or does not exist)")
+        for tree in self.trees:
+            if tree == root:
+                return None
+            if is_below(root, tree) or is_below(tree, root):
+                log.warning("Watched trees %s and %s overlap; files in both are reported twice", tree, root)
+        return root
+
+    def tree_of(self, path: str) -> str | None:
+        best = None
+        for tree in self.trees:
+            if is_below(path, tree) and (best is None or len(tree) > len(best)):
+                best = tree
+        return best
+
+    # -- what the monitor knows --------------------------------------------------------------
+
+    def lookup(self, key: Key) -> Entry | None:
+        """The entry as last reported: the overlay of uncommitted ops first, then the index.
+        (The delivery thread writes the index before it drops an op from the overlay.)"""
+        with self._cond:
+            if key in self._overlay:
+                return self._overlay[key][0]
+        return self.scanner.get(key)
+
+    def known_below(self, directory: str) -> dict[Key, Entry]:
+        known = self.scanner.known_below(directory)
+        with self._cond:
+            overlay = {k: v[0] for k, v in self._overlay.items()}
+        merge_overlay(known, overlay, directory)
+        return known
+
+    def scan(self, root: str, before_listing=None) -> None:  # type: ignore[no-untyped-def]
+        """Compare the disk below `root` with what is known and report the differences."""
+        started = time.monotonic()
+        reported = 0
+        for events, ops in scan_tree(
+            root, self.known_below(root), self.ignored_dirs, self.names,
+            before_listing=before_listing, scandir=self._scandir,
+        ):
+            reported += len(events)
+            self.report(events, ops)
+        log.debug("Scanned %s in %.2f s: %d changes", root, time.monotonic() - started, reported)
+
+    def report_deleted_tree(self, directory: str, own_key: Key | None) -> None:
+        """DELETED for every file known below `directory`; drop their rows (and its own)."""
+        known = self.known_below(directory)
+        events = [FSEvent(f"{k[0]}/{k[1]}", Event.DELETED) for k, e in known.items() if not e.is_dir]
+        ops: list[Op] = [(k, None) for k in known]
+        if own_key is not None:
+            ops.append((own_key, None))
+        self.report(events, ops)
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def report(self, events: Sequence[FSEvent], ops: Sequence[Op]) -> None:
+        """Queue events and the index ops to apply once they are delivered. Blocks while
+        `max_pending` events wait (backpressure), except while stopping."""
+        if not events and not ops:
+            return
+        with self._cond:
+            while self._pending_events >= self.max_pending and not self._stop_event.is_set():
+                self._cond.wait()
+            kept: list[FSEvent] = []
+            for event in events:
+                waiting = self._waiting.get(event.path)
+                if waiting is not None and Event.DELETED not in (waiting.event, event.event):
+                    continue
+                self._waiting[event.path] = event
+                kept.append(event)
+                log.debug("%s %s", event.event.name, event.path)
+            seq_ops: list[_SeqOp] = []
+            for key, entry in ops:
+                self._seq += 1
+                self._overlay[key] = (entry, self._seq)
+                seq_ops.append((key, entry, self._seq))
+            if not self._chunks:
+                self._first_put = time.monotonic()
+            # Oversized chunks (a deleted tree) are split; the ops ride with the last piece.
+            pieces = [kept[i:i + self.max_batch] for i in range(0, len(kept), self.max_batch)] or [[]]
+            for piece in pieces[:-1]:
+                self._chunks.append((piece, []))
+            self._chunks.append((pieces[-1], seq_ops))
+            self._pending_events += len(kept)
+            self._cond.notify_all()
+
+    def _take_batch(self) -> tuple[list[FSEvent], list[_SeqOp]] | None:
+        with self._cond:
+            while not self._chunks and not self._closing:
+                self._cond.wait()
+            if not self._chunks:
+                return None
+            deadline = self._first_put + self.batch_latency
+            while self._pending_events < self.max_batch and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            events: list[FSEvent] = []
+            ops: list[_SeqOp] = []
+            while self._chunks and (not events or len(events) + len(self._chunks[0][0]) <= self.max_batch):
+                chunk_events, chunk_ops = self._chunks.popleft()
+                events.extend(chunk_events)
+                ops.extend(chunk_ops)
+            for event in events:
+                if self._waiting.get(event.path) is event:
+                    del self._waiting[event.path]
+            self._pending_events -= len(events)
+            self._first_put = time.monotonic()
+            self._in_flight = True
+            self._cond.notify_all()
+            return events, ops
+
+    def _deliver_loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            try:
+                self._deliver(*batch)
+            finally:
+                with self._cond:
+                    self._in_flight = False
+                    self._cond.notify_all()
+
+    def _deliver(self, events: list[FSEvent], ops: list[_SeqOp]) -> None:
+        attempt = 0
+        while events:
+            try:
+                self.callback(events)
+                break
+            except Exception as error:  # noqa: BLE001 - any pipeline failure: keep the batch
+                if self._stop_event.is_set() and attempt > 0:
+                    log.error(
+                        "Giving up delivering %d events while stopping (%s); the next start-up "
+                        "scan reports them again", len(events), error,
+                    )
+                    return
+                delay = min(30.0, 0.5 * 2 ** attempt)
+                log.warning("Could not queue %d events (%s); retrying in %.1f s", len(events), error, delay)
+                attempt += 1
+                self._stop_event.wait(delay)
+        self.scanner.apply((key, entry) for key, entry, _ in ops)
+        with self._cond:
+            for key, _, seq in ops:
+                current = self._overlay.get(key)
+                if current is not None and current[1] == seq:
+                    del self._overlay[key]
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def _spawn(self, name: str, target) -> None:  # type: ignore[no-untyped-def]
+        thread = MonitorThread(f"{self.name}-{name}", target, self.on_crash)
+        self._threads.append(thread)
+        thread.start()
+
+    def start(self) -> None:
+        if self._started:
+            raise MonitorError(f"{self.name} monitor already started")
+        self._started = True
+        self._spawn("delivery", self._deliver_loop)
+        self._spawn("monitor", self._run)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _wake(self) -> None:
+        """Interrupt the backend thread's wait (stop, new tree, rescan)."""
+
+    def stop(self) -> None:
+        """Stop the backend thread, deliver what is pending, join everything, close the index."""
+        self._stop_event.set()
+        self._wake()
+        with self._cond:
+            self._cond.notify_all()
+        for thread in self._threads[1:]:
+            thread.join()
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._threads:
+            self._threads[0].join()
+        self._threads.clear()
+        self._close()
+        self.scanner.close()
+
+    def _close(self) -> None:
+        """Release backend resources after every thread has stopped."""
+
+    @property
+    def is_idle(self) -> bool:
+        # Order matters: the backend hands work to delivery before it clears its own flag.
+        if not self._backend_idle():
+            return False
+        with self._cond:
+            return not self._chunks and not self._in_flight
+
+    def _backend_idle(self) -> bool:
+        return True

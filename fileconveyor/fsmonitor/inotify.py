@@ -1,0 +1,403 @@
+"""Linux inotify backend (pyinotify for the system calls, our own event loop).
+
+We use pyinotify's `WatchManager` to create the inotify instance and to add and remove watches,
+but read and decode the event stream ourselves, because everything that matters here is in what
+pyinotify's Notifier does for you, and does wrongly for us:
+
+* `auto_add`/`rec` add watches on new directories, but files written into `mkdir -p a/b/c`
+  before the watch on `c` existed are lost (depending on the pyinotify version), and the paths of
+  watches below a moved directory are rewritten only when both halves of the move were seen.
+* Its move handling is built for renames it can pair; we need unpaired halves to become
+  "moved out" (DELETED for everything below) and "moved in" (scan it).
+
+So: one watch per directory (`_MASK`), added *before* the directory is listed, so that a file
+either appears in the listing or produces an event after it (`pathscanner.scan_tree`'s
+`before_listing`). Our own `wd -> path` map; a directory moved within the tree is re-walked, which
+re-adds the (same, kernel-side) watch descriptors under their new paths.
+
+Event mapping (files only; directories stand for the files below them):
+
+* IN_CLOSE_WRITE -> CREATED (unknown to the index) or MODIFIED: a file is reported when it is
+  complete, not on every write(). IN_CREATE of a regular file is ignored (its close follows),
+  except for hard links and symlinks, which never get a close.
+* IN_ATTRIB with a changed mtime/size -> MODIFIED (`touch` forces a resync: the Drupal CDN
+  module relies on it). chmod alone changes nothing we record and reports nothing.
+* IN_DELETE -> DELETED (a directory: every file the index knew below it).
+* IN_MOVED_FROM/IN_MOVED_TO paired by cookie -> DELETED old + CREATED new; a FROM whose TO does
+  not arrive within `move_window` seconds was moved out of the tree (DELETED, watches removed);
+  a TO without FROM was moved in (scanned). A directory move applies to every file below.
+* IN_Q_OVERFLOW (wd -1): events were lost; WARNING and a rescan of every tree. Never ignored
+  (watchdog and the original File Conveyor drop it).
+* ENOSPC from inotify_add_watch: fs.inotify.max_user_watches is exhausted; ERROR naming the
+  sysctl, and that tree falls back to polling every `poll_interval` seconds on this thread.
+
+Every stat() can find the file gone (vim's 4913, cache temp files): that is logged at DEBUG and
+skipped. The original's notifier thread died on exactly that and left the daemon deaf.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import logging
+import os
+import select
+import stat as statmod
+import struct
+import termios
+import time
+from typing import Any, Iterable
+
+import pyinotify
+
+from fileconveyor.fsmonitor.base import Event, FSEvent
+from fileconveyor.fsmonitor.common import TreeMonitor
+from fileconveyor.fsmonitor.pathscanner import DIR_ENTRY, Entry, is_below, split_key
+
+log = logging.getLogger(__name__)
+
+_MASK = (
+    pyinotify.IN_CLOSE_WRITE | pyinotify.IN_CREATE | pyinotify.IN_DELETE | pyinotify.IN_ATTRIB
+    | pyinotify.IN_MOVED_FROM | pyinotify.IN_MOVED_TO | pyinotify.IN_DELETE_SELF
+    | pyinotify.IN_MOVE_SELF | pyinotify.IN_ONLYDIR | pyinotify.IN_DONT_FOLLOW
+    | pyinotify.IN_EXCL_UNLINK
+)
+_HEADER = struct.Struct("iIII")
+_READ_SIZE = 256 * 1024
+_SYSCTL = "/proc/sys/fs/inotify/max_user_watches"
+
+
+class _WatchLimit(Exception):
+    pass
+
+
+class InotifyMonitor(TreeMonitor):
+    is_native = True
+    name = "inotify"
+
+    def __init__(self, *args: Any, poll_interval: float = 10.0, move_window: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.poll_interval = poll_interval
+        self.move_window = move_window
+        #: How many times the kernel queue overflowed (each one caused a rescan).
+        self.overflows = 0
+        # The inotify instance is created here, not in start(): its queue size
+        # (fs.inotify.max_queued_events) is fixed when it is created.
+        self._wm = pyinotify.WatchManager()
+        self._fd = self._wm.get_fd()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._busy = False
+        self._wd_path: dict[int, str] = {}
+        self._path_wd: dict[str, int] = {}
+        self._held: dict[int, tuple[str, bool, float]] = {}
+        #: Trees that fell back to polling (watch limit), with the time of their next pass.
+        self.polled_trees: dict[str, float] = {}
+        self._closed = False
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the thread is awake already
+
+    def _backend_idle(self) -> bool:
+        if self._closed:
+            return True
+        buf = array.array("i", [0])
+        fcntl.ioctl(self._fd, termios.FIONREAD, buf)
+        if buf[0]:
+            return False
+        with self._lock:
+            return not self._requests and not self._busy and not self._held
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stop_event.is_set():
+            self._do_requests()
+            ready = dict(poller.poll(self._timeout_ms()))
+            if self._wake_r in ready:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            if self._fd in ready:
+                with self._lock:
+                    self._busy = True
+                try:
+                    data = os.read(self._fd, _READ_SIZE)
+                    self._handle_buffer(data)
+                finally:
+                    with self._lock:
+                        self._busy = False
+            self._expire_moves(time.monotonic())
+            self._poll_fallback_trees(time.monotonic())
+
+    def _timeout_ms(self) -> int | None:
+        """None (block until something happens: an idle monitor uses no CPU) unless a move half
+        or a polled tree is due."""
+        deadlines = [d for _, _, d in self._held.values()] + list(self.polled_trees.values())
+        if not deadlines:
+            return None
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+
+    def _do_requests(self) -> None:
+        with self._lock:
+            if not self._requests:
+                return
+            self._busy = True
+        todo = self._take_requests()
+        try:
+            for root in todo:
+                if self._stop_event.is_set():
+                    return
+                self._scan_tree(root)
+        finally:
+            with self._lock:
+                self._busy = False
+
+    def _scan_tree(self, root: str) -> None:
+        """Walk `root` adding watches (unless it is polled), then drop watches of directories that
+        are no longer in it (moved out while we were not looking, e.g. during an overflow)."""
+        tree = self.tree_of(root) or root
+        visited: set[int] = set()
+
+        def watch(directory: str) -> None:
+            if tree in self.polled_trees:
+                return
+            wd = self._add_watch(directory, tree)
+            if wd is not None:
+                visited.add(wd)
+
+        self.scan(root, before_listing=watch)
+        if tree not in self.polled_trees:
+            stale = [wd for p, wd in self._path_wd.items() if is_below(p, root) and wd not in visited]
+            self._remove_watches(stale)
+
+    # -- watches -----------------------------------------------------------------------------
+
+    def _add_watch(self, directory: str, tree: str) -> int | None:
+        try:
+            wd = self._wm.add_watch(directory, _MASK, quiet=False)[directory]
+        except pyinotify.WatchManagerError:
+            code = self._wm._inotify_wrapper.get_errno()  # same thread, right after the call
+            if code == errno.ENOSPC:
+                self._fall_back_to_polling(tree)
+            elif code in (errno.ENOENT, errno.ENOTDIR):
+                log.debug("Directory vanished before it could be watched: %s", directory)
+            else:
+                log.warning("Cannot watch %s: %s", directory, os.strerror(code or 0))
+            return None
+        old = self._wd_path.get(wd)
+        if old is not None and self._path_wd.get(old) == wd:
+            del self._path_wd[old]
+        self._wd_path[wd] = directory
+        self._path_wd[directory] = wd
+        return wd
+
+    def _remove_watches(self, wds: Iterable[int]) -> None:
+        for wd in list(wds):
+            path = self._wd_path.pop(wd, None)
+            if path is not None and self._path_wd.get(path) == wd:
+                del self._path_wd[path]
+            # Straight to the syscall: the kernel may have dropped the watch already (directory
+            # deleted, IN_IGNORED not read yet), and pyinotify would log that as an error.
+            self._wm._inotify_wrapper.inotify_rm_watch(self._fd, wd)
+            self._wm.watches.pop(wd, None)
+
+    def _remove_watches_below(self, directory: str) -> None:
+        self._remove_watches([wd for p, wd in self._path_wd.items() if is_below(p, directory)])
+
+    def _fall_back_to_polling(self, tree: str) -> None:
+        try:
+            with open(_SYSCTL, encoding="ascii") as f:
+                limit = f.read().strip()
+        except OSError:
+            limit = "unknown"
+        log.error(
+            "Cannot watch %s: the inotify watch limit is exhausted (fs.inotify.max_user_watches = %s). "
+            "Raise it with `sysctl fs.inotify.max_user_watches=524288` (persist it in "
+            "/etc/sysctl.d/) and restart; until then this tree is polled every %.1f s",
+            tree, limit, self.poll_interval,
+        )
+        self.polled_trees[tree] = time.monotonic() + self.poll_interval
+        self._remove_watches_below(tree)
+
+    def _poll_fallback_trees(self, now: float) -> None:
+        for tree, due in list(self.polled_trees.items()):
+            if due <= now and not self._stop_event.is_set():
+                with self._lock:
+                    self._busy = True
+                try:
+                    self.scan(tree)
+                finally:
+                    with self._lock:
+                        self._busy = False
+                self.polled_trees[tree] = time.monotonic() + self.poll_interval
+
+    # -- events ------------------------------------------------------------------------------
+
+    def _handle_buffer(self, data: bytes) -> None:
+        offset = 0
+        while offset + _HEADER.size <= len(data):
+            wd, mask, cookie, length = _HEADER.unpack_from(data, offset)
+            start = offset + _HEADER.size
+            raw_name = data[start:start + length].rstrip(b"\0")
+            offset = start + length
+            try:
+                self._handle(wd, mask, cookie, raw_name)
+            except OSError as error:
+                # Anything the file system throws at one event must not stop the monitor.
+                log.warning("Skipping an inotify event (%s); the next rescan covers it", error)
+
+    def _handle(self, wd: int, mask: int, cookie: int, raw_name: bytes) -> None:
+        if mask & pyinotify.IN_Q_OVERFLOW:
+            self._overflow()
+            return
+        directory = self._wd_path.get(wd)
+        if directory is None:
+            return  # a watch we already removed: its last events are stale
+        if mask & pyinotify.IN_IGNORED:
+            self._forget(wd)
+            return
+        if mask & (pyinotify.IN_DELETE_SELF | pyinotify.IN_MOVE_SELF | pyinotify.IN_UNMOUNT):
+            if directory in self.trees:
+                log.error("Watched tree %s was moved, deleted or unmounted; it is no longer watched", directory)
+            return
+        name = os.fsdecode(raw_name)
+        if not self.names.is_valid(directory, name):
+            return
+        path = f"{directory}/{name}"
+        is_dir = bool(mask & pyinotify.IN_ISDIR)
+        if mask & pyinotify.IN_MOVED_FROM:
+            self._held[cookie] = (path, is_dir, time.monotonic() + self.move_window)
+        elif mask & pyinotify.IN_MOVED_TO:
+            moved = self._held.pop(cookie, None)
+            if moved is not None:
+                self._moved_within(moved[0], path, is_dir)
+            else:
+                self._arrived(path, is_dir)
+        elif mask & pyinotify.IN_DELETE:
+            self._deleted(path, is_dir)
+        elif mask & pyinotify.IN_CREATE:
+            if is_dir:
+                self._arrived(path, True)
+            else:
+                self._file_created(path)
+        elif mask & pyinotify.IN_CLOSE_WRITE and not is_dir:
+            self._file_changed(path, attrib_only=False)
+        elif mask & pyinotify.IN_ATTRIB and not is_dir:
+            self._file_changed(path, attrib_only=True)
+
+    def _forget(self, wd: int) -> None:
+        path = self._wd_path.pop(wd, None)
+        if path is not None and self._path_wd.get(path) == wd:
+            del self._path_wd[path]
+        self._wm.watches.pop(wd, None)
+
+    def _ignored(self, path: str, is_dir: bool) -> bool:
+        return is_dir and path.rpartition("/")[2] in self.ignored_dirs
+
+    def _file_created(self, path: str) -> None:
+        """A new non-directory entry: only links are reported now (they never get a close)."""
+        try:
+            st = os.lstat(path)
+        except OSError as error:
+            log.debug("Created and gone before it could be examined: %s (%s)", path, error)
+            return
+        if statmod.S_ISLNK(st.st_mode) or (statmod.S_ISREG(st.st_mode) and st.st_nlink > 1):
+            self._file_changed(path, attrib_only=False)
+
+    def _file_changed(self, path: str, attrib_only: bool) -> None:
+        key = split_key(path)
+        try:
+            st = os.stat(path)
+        except OSError as error:
+            log.debug("Changed and gone before it could be examined: %s (%s)", path, error)
+            return
+        old = self.lookup(key)
+        if statmod.S_ISDIR(st.st_mode):
+            if old is None:  # a symlink to a directory: recorded, not descended, not reported
+                self.report([], [(key, DIR_ENTRY)])
+            return
+        if not statmod.S_ISREG(st.st_mode):
+            return
+        new = Entry(st.st_mtime_ns, st.st_size, False)
+        if old is None or old.is_dir:
+            if attrib_only:
+                return  # the close of a new file is still to come
+            event = Event.CREATED
+        elif attrib_only and old == new:
+            return  # chmod/chown: nothing we sync changed
+        else:
+            event = Event.MODIFIED
+        self.report([FSEvent(path, event)], [(key, new)])
+
+    def _deleted(self, path: str, is_dir: bool) -> None:
+        key = split_key(path)
+        old = self.lookup(key)
+        if is_dir or (old is not None and old.is_dir):
+            self.report_deleted_tree(path, key)
+        elif old is not None:
+            self.report([FSEvent(path, Event.DELETED)], [(key, None)])
+
+    def _arrived(self, path: str, is_dir: bool) -> None:
+        """Created or moved in: a directory is walked (watch first), a file reported."""
+        if not is_dir:
+            self._file_changed(path, attrib_only=False)
+            return
+        if self._ignored(path, True):
+            return
+        key = split_key(path)
+        if self.lookup(key) != DIR_ENTRY:
+            self.report([], [(key, DIR_ENTRY)])
+        self._scan_tree(path)
+
+    def _departed(self, path: str, is_dir: bool) -> None:
+        """Moved out of the tree: everything below is DELETED and no longer watched."""
+        self._deleted(path, is_dir)
+        if is_dir:
+            self._remove_watches_below(path)
+
+    def _moved_within(self, old: str, new: str, is_dir: bool) -> None:
+        if is_dir and (self._ignored(new, True) or self._ignored(old, True)):
+            if not self._ignored(old, True):
+                self._departed(old, True)
+            if not self._ignored(new, True):
+                self._arrived(new, True)
+            return
+        self._deleted(old, is_dir)
+        if is_dir:
+            # The kernel keeps the watches (they follow the inode); forget their old paths, and
+            # the walk in _arrived re-adds them, which maps the same wds to the new paths.
+            for p in [p for p in self._path_wd if is_below(p, old)]:
+                del self._path_wd[p]
+        self._arrived(new, is_dir)
+
+    def _expire_moves(self, now: float) -> None:
+        for cookie, (path, is_dir, deadline) in list(self._held.items()):
+            if deadline <= now:
+                del self._held[cookie]
+                self._departed(path, is_dir)
+
+    def _overflow(self) -> None:
+        self.overflows += 1
+        log.warning(
+            "The inotify event queue overflowed (fs.inotify.max_queued_events); events were lost, "
+            "rescanning every tree"
+        )
+        for cookie, (path, is_dir, _) in list(self._held.items()):
+            del self._held[cookie]
+            self._departed(path, is_dir)
+        for tree in self.trees:
+            if tree not in self.polled_trees:
+                self._scan_tree(tree)
+
+    def _close(self) -> None:
+        self._closed = True
+        self._wm.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
