@@ -195,7 +195,8 @@ def _elements(parent: etree._Element) -> Iterator[etree._Element]:
 
 
 def _line(element: etree._Element | None) -> int:
-    return (element.sourceline or 1) if element is not None else 1
+    line = element.sourceline if element is not None else None
+    return line if isinstance(line, int) and line > 0 else 1
 
 
 def _attr(element: etree._Element, name: str) -> str | None:
@@ -275,7 +276,7 @@ class _Loader:
 
     def _check_element(self, element: etree._Element, tag: str) -> None:
         shape = _SHAPES[tag]
-        present = list(element.attrib)
+        present = [str(name) for name in element.attrib]
         for name in present:
             if name not in shape.attributes:
                 if shape.attributes:
