@@ -269,6 +269,8 @@ class _Loader:
     def check_structure(self, root: etree._Element) -> None:
         if root.tag != "config":
             hint = "did you mean config? " if _suggest(str(root.tag), ["config"]) else ""
+            if str(root.tag).startswith("{"):
+                hint = "remove the xmlns namespace declaration: config.xml has no namespace; "
             self.error(root, f"the root element is <{root.tag}>; {hint}write <config> as the root element, "
                              "with <sources>, <servers> and <rules> inside")
             return
@@ -460,7 +462,10 @@ class _Loader:
         try:
             cls = resolve_transporter(transporter)
         except TransporterNotFound as error:
-            self.error(element, f"server {server!r}: {error}")
+            advice = "" if "write" in str(error) else (
+                "; write one of symlink_or_copy, s3, cf, sftp, ftp, cloudfiles, or the dotted name of "
+                "a module of your own that defines TRANSPORTER_CLASS")
+            self.error(element, f"server {server!r}: {error}{advice}")
             return canonical
         except Exception as error:  # a broken third-party module must not crash check-config
             log.debug("loading transporter %r failed", transporter, exc_info=True)
@@ -574,7 +579,11 @@ class _Loader:
             names.append(canonical_processor_name(name))
             try:
                 resolve_processor(name).check_available()
-            except (ProcessorNotFound, ProcessorUnavailable) as error:
+            except ProcessorNotFound as error:
+                advice = "" if "write" in str(error) or "built-in modules" in str(error) else (
+                    "; write module.Class, for example unique_filename.MD5 or mypackage.module.MyProcessor")
+                self.error(child, f"{error}{advice}")
+            except ProcessorUnavailable as error:
                 self.error(child, str(error))
             except Exception as error:  # a broken third-party module must not crash check-config
                 log.debug("loading processor %r failed", name, exc_info=True)
@@ -712,6 +721,8 @@ _SCHEMA_MESSAGES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], 
     (re.compile(r"Element (\S+) has extra content: (\S+)"),
      lambda m: f"<{m[1]}> contains <{m[2]}>, which is not allowed there; remove it or move it where "
                "config.sample.xml has it"),
+    (re.compile(r"Expecting no namespace for element (\S+)"),
+     lambda m: f"<{m[1]}> is in an XML namespace; remove the xmlns declaration (config.xml has none)"),
     (re.compile(r"Invalid attribute (\S+) for element (\S+)"),
      lambda m: f"<{m[2]}> has an unknown attribute {m[1]}; remove it (names are case-sensitive; see "
                "fileconveyor/config.sample.xml)"),
@@ -746,8 +757,8 @@ def schema_problems(root: etree._Element, path: str) -> list[ConfigProblem]:
     useful = [e for e in entries if not any(noise in e.message for noise in _SCHEMA_NOISE)] or entries
     problems: list[ConfigProblem] = []
     for entry in useful:
-        message = f"does not match the config.xml grammar ({entry.message}); compare with " \
-                  "fileconveyor/config.sample.xml"
+        message = (f"does not match the config.xml grammar ({entry.message}); write it as in "
+                   "fileconveyor/config.sample.xml")
         for pattern, rewrite in _SCHEMA_MESSAGES:
             match = pattern.search(entry.message)
             if match:

@@ -76,6 +76,15 @@ BROKEN: list[tuple[str, str | bytes, str, bool]] = [
                 '    <source name="caf\xe9" scanPath="/x"/>' .encode("latin-1") + MARK.encode()
                 + b"\n  </sources>\n</config>\n", "save it as UTF-8", False),
     ("wrong-root", '<?xml version="1.0"?>\n<konfig>' + MARK + '</konfig>\n', "write <config>", True),
+    ("namespaced-root", '<?xml version="1.0"?>\n<config xmlns="urn:x">' + MARK + '</config>\n',
+     "remove the xmlns namespace declaration", True),
+    ("entity-not-resolved", '<?xml version="1.0"?>\n<!DOCTYPE config [<!ENTITY x SYSTEM "/etc/passwd">]>\n'
+     '<config>' + MARK + '&x;</config>\n', "needs a <sources> element", True),
+    ("transporter-module-without-class", doc(servers='<servers>\n    <server name="cdn" transporter="os.path">'
+                                             + MARK + '</server>\n  </servers>'),
+     "write one of symlink_or_copy", False),
+    ("processor-class-missing", with_processor('<processor name="tests.configs.plugins.Nope"/>'),
+     "write module.Class", False),
     ("missing-rules", '<?xml version="1.0"?>\n<config>' + MARK + '\n  ' + SOURCES + '\n  ' + SERVERS
      + '\n</config>\n', "<rules><rule", True),
     ("misspelt-rules", doc(rules='<Rules>' + MARK + '</Rules>'), "did you mean rules", True),
@@ -210,10 +219,10 @@ def test_broken_config_table_is_large_and_distinct() -> None:
 def test_schema_rejects_structural_mistakes(tmp_path: pathlib.Path, text: str) -> None:
     """The Python walker gives the precise messages; the shipped schema must agree with it."""
     path, _ = write(tmp_path, text)
-    root = etree.parse(path).getroot()
+    root = etree.parse(path, etree.XMLParser(resolve_entities=False)).getroot()
     problems = config_module.schema_problems(root, path)
     assert problems
-    assert all(p.line >= 1 and "write" in p.message or "remove" in p.message for p in problems)
+    assert all(p.line >= 1 and ("write" in p.message or "remove" in p.message) for p in problems), problems
 
 
 def test_schema_messages_are_rewritten(tmp_path: pathlib.Path) -> None:
