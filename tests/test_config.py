@@ -298,11 +298,12 @@ def test_sample_config_matches_the_schema() -> None:
     assert config_module.schema_problems(root, str(SAMPLE)) == []
 
 
-def test_settings_override_and_resolve_relative_to_the_config(tmp_path: pathlib.Path) -> None:
+def test_settings_override_and_resolve_relative_to_the_config(tmp_path: pathlib.Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = write(tmp_path, doc(extra='<settings>\n    <PID_FILE> run/fc.pid </PID_FILE>\n'
                                   '    <MAX_FILES_IN_PIPELINE>200</MAX_FILES_IN_PIPELINE>\n'
                                   '    <WORKING_DIR>/var/tmp/fc</WORKING_DIR>\n  </settings>'))
-    os.chdir("/")  # the current directory must not matter
+    monkeypatch.chdir("/")  # the current directory must not matter
     settings = load_config(path).settings
     assert settings.PID_FILE == str(tmp_path / "run" / "fc.pid")
     assert settings.MAX_FILES_IN_PIPELINE == 200
