@@ -1,0 +1,138 @@
+"""Fixtures for the monitor tests: a callback that collects events, and monitors that are always
+stopped and checked for leaked threads. Tests wait on conditions (`wait_for`), never on sleeps."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from fileconveyor.fsmonitor.base import Event, FSEvent
+from fileconveyor.fsmonitor.common import TreeMonitor
+from fileconveyor.fsmonitor.inotify import InotifyMonitor
+from fileconveyor.fsmonitor.polling import PollingMonitor
+
+TIMEOUT = 10.0
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
+    """Poll `predicate` (cheap, in-process state) until true; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+class Collector:
+    """The pipeline stand-in: records every delivered batch under a Condition."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.events: list[FSEvent] = []
+        self.batches = 0
+        self.fail_next = 0
+        self.gate: threading.Event | None = None
+
+    def __call__(self, batch: Any) -> None:
+        if self.gate is not None:
+            self.gate.wait(TIMEOUT * 3)
+        with self.cond:
+            if self.fail_next > 0:
+                self.fail_next -= 1
+                raise RuntimeError("pipeline queue unavailable (test)")
+            self.events.extend(batch)
+            self.batches += 1
+            self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[list[FSEvent]], bool], timeout: float = TIMEOUT, what: str = "events") -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: predicate(self.events), timeout):
+                raise AssertionError(f"timed out waiting for {what}; got {self.events}")
+
+    def wait_paths(self, expected: dict[str, Event], timeout: float = TIMEOUT) -> None:
+        """Wait until the last event of each path in `expected` is the expected one."""
+        self.wait(lambda evs: all(final(evs).get(p) == e for p, e in expected.items()), timeout,
+                  what=f"final events {expected}")
+
+    def take(self) -> list[FSEvent]:
+        with self.cond:
+            events, self.events = self.events, []
+            return events
+
+
+def final(events: list[FSEvent]) -> dict[str, Event]:
+    """Path -> last event: what the pipeline ends up doing once it merged everything."""
+    state: dict[str, Event] = {}
+    for event in events:
+        state[event.path] = event.event
+    return state
+
+
+def pairs(events: list[FSEvent]) -> set[tuple[str, Event]]:
+    return {(e.path, e.event) for e in events}
+
+
+BACKENDS = {
+    "inotify": lambda cb, idx, ignored, **kw: InotifyMonitor(cb, idx, ignored, **kw),
+    "polling": lambda cb, idx, ignored, **kw: PollingMonitor(cb, idx, ignored, interval=0.2, **kw),
+}
+
+
+class Harness:
+    """Creates monitors for one backend; stops every one of them at teardown."""
+
+    def __init__(self, backend: str, tmp_path: Any) -> None:
+        self.backend = backend
+        self.index = str(tmp_path / "fsmonitor.db")
+        self.crashes: list[BaseException] = []
+        self.monitors: list[TreeMonitor] = []
+
+    def start(self, tree: Any, collector: Collector, ignored: tuple[str, ...] = (".svn", "CVS"), **kw: Any) -> TreeMonitor:
+        monitor = BACKENDS[self.backend](collector, self.index, ignored, on_crash=self.crashes.append, **kw)
+        self.monitors.append(monitor)
+        monitor.add_tree(str(tree))
+        monitor.start()
+        self.settle(monitor)
+        return monitor
+
+    def settle(self, monitor: TreeMonitor) -> None:
+        """Wait until the monitor has reported everything it can see now. A polling monitor is
+        asked for a pass first, so 'nothing reported' means nothing changed, not 'not looked yet'."""
+        if not monitor.is_native:
+            wait_for(lambda: monitor.is_idle, what="monitor idle")
+            monitor.rescan()
+        wait_for(lambda: monitor.is_idle, what="monitor idle")
+
+    def stop(self, monitor: TreeMonitor) -> None:
+        monitor.stop()
+        self.monitors.remove(monitor)
+
+    def close(self) -> None:
+        for monitor in list(self.monitors):
+            self.stop(monitor)
+        leaked = [t.name for t in threading.enumerate() if t.name.startswith(("inotify-", "polling-"))]
+        assert not leaked, f"threads left after stop(): {leaked}"
+        assert not self.crashes, f"monitor threads crashed: {self.crashes}"
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def harness(request: Any, tmp_path: Any) -> Iterator[Harness]:
+    h = Harness(request.param, tmp_path)
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def inotify(tmp_path: Any) -> Iterator[Harness]:
+    h = Harness("inotify", tmp_path)
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def tree(tmp_path: Any) -> Any:
+    root = tmp_path / "tree"
+    root.mkdir()
+    return root
