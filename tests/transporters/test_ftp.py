@@ -1,0 +1,213 @@
+"""The FTP transporter against pyftpdlib on loopback (tests/servers/ftpd.py), plain and FTPS.
+
+The FTPS server *requires* TLS on both channels, so every conformance test that passes over FTPS
+also proves that the data channel is encrypted (PROT P). FTP-specific tests below: read-only user
+(550 -> permanent), TLS refusals (configuration), active mode, and reconnecting after a restart.
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Iterator
+
+import pytest
+
+from fileconveyor.transporters.base import (
+    ConfigurationError,
+    PermanentError,
+    TransporterContext,
+    resolve_transporter,
+)
+from fileconveyor.transporters.ftp import TEMP_MARKER, FTPTransporter
+from tests.servers._loopback import DirectoryHTTPServer, fetch, files_below, free_port
+from tests.servers.ftpd import READER, FTPServer
+from tests.transporters.conformance import MiB, RemoteHarness, TransporterConformance
+
+
+class FTPHarness(RemoteHarness):
+    """Looks at the server's root directory on disk, never through FTP."""
+
+    transporter_class = FTPTransporter
+
+    def __init__(self, state_dir: pathlib.Path, server: FTPServer,
+                 http: DirectoryHTTPServer | None = None) -> None:
+        super().__init__(state_dir)
+        self.server = server
+        self.root = server.new_root()
+        self.url = (f"{http.base_url}/{self.root.name}" if http
+                    else "http://cdn.example.test/static")
+
+    def settings(self) -> dict[str, str]:
+        return self.server.settings(self.root, url=self.url)
+
+    def read(self, remote_path: str) -> bytes | None:
+        path = self.root / remote_path
+        return path.read_bytes() if path.is_file() else None
+
+    def list(self) -> list[str]:
+        return files_below(self.root)
+
+    def unreachable_settings(self) -> dict[str, str]:
+        return {"port": str(free_port())}
+
+    def bad_credentials_settings(self) -> dict[str, str]:
+        return {"password": "wrong"}
+
+    def fetch_url(self, url: str) -> bytes | None:
+        if not url.startswith("http://127.0.0.1"):
+            raise NotImplementedError
+        return fetch(url)
+
+    def transfer_in_progress(self, remote_path: str, baseline_read_bytes: int) -> bool:
+        return any((self.root / name).stat().st_size > MiB for name in self.leftovers())
+
+    def leftovers(self) -> list[str]:
+        return [name for name in self.list() if TEMP_MARKER in name]
+
+    def kill_server(self) -> None:
+        self.server.kill()
+
+    def start_server(self) -> None:
+        self.server.start()
+
+
+@pytest.fixture(scope="module")
+def ftp_http(ftpd: FTPServer) -> Iterator[DirectoryHTTPServer]:
+    http = DirectoryHTTPServer(ftpd.data)
+    yield http
+    http.close()
+
+
+@pytest.fixture(scope="module")
+def ftps_http(ftpsd: FTPServer) -> Iterator[DirectoryHTTPServer]:
+    http = DirectoryHTTPServer(ftpsd.data)
+    yield http
+    http.close()
+
+
+class TestFTPConformance(TransporterConformance):
+    known_gaps: dict[str, str] = {}
+
+    @pytest.fixture
+    def harness(self, ftpd: FTPServer, ftp_http: DirectoryHTTPServer,
+                tmp_path: pathlib.Path) -> FTPHarness:
+        return FTPHarness(tmp_path / "state", ftpd, ftp_http)
+
+    @pytest.fixture
+    def restartable_harness(self, ftpd_restartable: FTPServer,
+                            tmp_path: pathlib.Path) -> FTPHarness:
+        return FTPHarness(tmp_path / "state-restartable", ftpd_restartable)
+
+
+class TestFTPSConformance(TransporterConformance):
+    known_gaps: dict[str, str] = {}
+
+    @pytest.fixture
+    def harness(self, ftpsd: FTPServer, ftps_http: DirectoryHTTPServer,
+                tmp_path: pathlib.Path) -> FTPHarness:
+        return FTPHarness(tmp_path / "state", ftpsd, ftps_http)
+
+    @pytest.fixture
+    def restartable_harness(self, ftpsd_restartable: FTPServer,
+                            tmp_path: pathlib.Path) -> FTPHarness:
+        return FTPHarness(tmp_path / "state-restartable", ftpsd_restartable)
+
+
+# -- FTP-specific -------------------------------------------------------------------------------------
+
+
+def _context(tmp_path: pathlib.Path) -> TransporterContext:
+    return TransporterContext(server_name="ftp-test", state_dir=str(tmp_path), timeout=10.0)
+
+
+@pytest.fixture
+def make(ftpsd: FTPServer, tmp_path: pathlib.Path) -> Iterator:
+    made: list[FTPTransporter] = []
+    root = ftpsd.new_root()
+
+    def factory(**overrides: str) -> FTPTransporter:
+        transporter = FTPTransporter({**ftpsd.settings(root), **overrides}, _context(tmp_path))
+        made.append(transporter)
+        return transporter
+
+    factory.root = root  # type: ignore[attr-defined]
+    yield factory
+    for transporter in made:
+        transporter.close()
+
+
+@pytest.fixture
+def small_file(tmp_path: pathlib.Path) -> str:
+    path = tmp_path / "small.txt"
+    path.write_bytes(b"small")
+    return str(path)
+
+
+def test_resolves_by_original_name() -> None:
+    assert resolve_transporter("ftp") is FTPTransporter
+
+
+def test_read_only_user_gets_permanent_errors(make, small_file: str) -> None:
+    (make.root / "existing.txt").write_bytes(b"keep")
+    transporter = make(username=READER)
+    assert transporter.exists("existing.txt")
+    with pytest.raises(PermanentError):
+        transporter.upload(small_file, "new/a.txt")
+    with pytest.raises(PermanentError):
+        transporter.delete("existing.txt")
+    transporter.delete("never-existed.txt")   # 550 for a missing file is still fine
+    assert files_below(make.root) == ["existing.txt"]
+
+
+def test_plain_ftp_to_a_tls_only_server_says_to_enable_tls(make, small_file: str) -> None:
+    with pytest.raises(ConfigurationError, match="<tls>true</tls>"):
+        make(tls="false").upload(small_file, "a.txt")
+
+
+def test_untrusted_certificate_is_a_configuration_error(make, small_file: str) -> None:
+    with pytest.raises(ConfigurationError, match="ca_file"):
+        make(ca_file="").upload(small_file, "a.txt")
+
+
+def test_unverified_tls_still_encrypts(make, small_file: str) -> None:
+    make(ca_file="", tls_verify="false").upload(small_file, "a.txt")
+    assert files_below(make.root) == ["a.txt"]
+
+
+def test_active_mode(ftpd: FTPServer, tmp_path: pathlib.Path, small_file: str) -> None:
+    root = ftpd.new_root()
+    transporter = FTPTransporter({**ftpd.settings(root), "passive": "false"}, _context(tmp_path))
+    try:
+        transporter.upload(small_file, "d/active.txt")
+    finally:
+        transporter.close()
+    assert (root / "d/active.txt").read_bytes() == b"small"
+
+
+def test_file_in_the_way_of_a_directory_is_permanent(make, small_file: str) -> None:
+    (make.root / "blocker").write_bytes(b"a file, not a directory")
+    with pytest.raises(PermanentError, match="cannot create directory"):
+        make().upload(small_file, "blocker/a.txt")
+
+
+def test_reconnects_after_server_restart(ftpsd_restartable: FTPServer,
+                                         tmp_path: pathlib.Path, small_file: str) -> None:
+    root = ftpsd_restartable.new_root()
+    transporter = FTPTransporter(ftpsd_restartable.settings(root), _context(tmp_path))
+    try:
+        transporter.upload(small_file, "one.txt")
+        ftpsd_restartable.kill()
+        ftpsd_restartable.start()
+        transporter.upload(small_file, "two.txt")  # the dead connection is replaced, no error
+    finally:
+        transporter.close()
+    assert files_below(root) == ["one.txt", "two.txt"]
+
+
+def test_check_settings_values(ftpsd: FTPServer, tmp_path: pathlib.Path) -> None:
+    good = ftpsd.settings(ftpsd.new_root())
+    assert FTPTransporter.check_settings(good) == []
+    problems = "\n".join(FTPTransporter.check_settings(
+        {**good, "port": "x", "url": "/static", "tls": "maybe",
+         "ca_file": str(tmp_path / "missing.pem")}))
+    for expected in ("<port>", "<url>", "<tls>", "<ca_file>"):
+        assert expected in problems
