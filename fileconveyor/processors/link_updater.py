@@ -31,9 +31,10 @@ Paths (original-spec 6.7, with its bugs fixed):
   resolving a symlink would produce a key that was never stored.
 
 Outcome: a referenced file that exists but is not synced to this server yet -> `WaitForFiles` (the
-arbitrator parks the CSS and re-queues it when they are synced). Every referenced existing file is
+arbitrator parks the CSS and re-queues it when they are synced). Every referenced local file is
 added to `context.dependencies`, so the CSS is queued again when one of them gets a new URL (a new
-unique file name). A referenced file that does not exist is left as it is (DEBUG).
+unique file name). A referenced file that does not exist is left as it is (DEBUG) but is a
+dependency too: when it appears and is synced, the CSS is queued again and gets its URL.
 """
 from __future__ import annotations
 
@@ -317,11 +318,13 @@ class CSSURLUpdater(Processor):
         file_path = self._resolve(urllib.parse.unquote(path))
         if file_path is None:
             return None
+        # Recorded even when the file does not exist yet: when it appears and is synced, the
+        # arbitrator queues this stylesheet again (a CSS file that arrives before its images).
+        self.context.dependencies.add(file_path)
         if not os.path.isfile(file_path):
             log.debug("%s: %r refers to %s, which does not exist; left unchanged",
                       self.context.original_file, url, file_path)
             return None
-        self.context.dependencies.add(file_path)
         synced = self.context.synced_url(file_path)
         if synced is None:
             waiting.add(file_path)
