@@ -1,0 +1,819 @@
+"""`s3`: Amazon S3 and any S3-compatible store (MinIO, Ceph, Swift's S3 layer, moto, s3rver).
+
+Why it is shaped this way:
+
+* **Names and settings of the original** (`access_key_id`, `secret_access_key`, `bucket_name`,
+  `bucket_prefix`), with `bucket_prefix` back to its first meaning: the real bucket name is
+  `bucket_prefix + bucket_name` (the original accepted and silently ignored it after 2011). The
+  credentials are optional: without them boto3's own chain (environment, `~/.aws`, instance role).
+* **One boto3 session and client per instance**, made lazily on first use (construction does no
+  I/O) and dropped after a network failure so the next call reconnects. botocore's own retries are
+  limited to one extra attempt: the pipeline retries with backoff, and a pool paused on a dead
+  server must hear about it within seconds, not after botocore's minutes of retrying.
+* **Errors classified here**, from botocore exception types and S3 error codes (`_classify`).
+  A `HEAD` response has no body, so a 403/404 on `head_bucket` carries no error code: the probe
+  turns both into a ConfigurationError that names the bucket.
+* **Integrity**: every single PUT and every multipart part carries `Content-MD5`, so S3 rejects a
+  body damaged in transit (`BadDigest`, retryable). After `CompleteMultipartUpload` the returned
+  ETag is compared with the one computed locally (MD5 of the parts' MD5s, `-N`).
+* **Multipart resumable across crashes**: above `multipart_threshold` the file goes up in parts,
+  `multipart_concurrency` at a time. The upload id and every completed part (number, ETag, size)
+  are checkpointed in `s3-multipart.db` (SQLite, 0600) in the context's state directory, keyed by
+  bucket, key, local path, size and mtime (ns). A later upload of the unchanged file lists the
+  parts the server has, keeps those whose size and ETag match the checkpoint, sends the rest and
+  completes; a changed file's old upload is aborted. Permanent failures abort the upload, and on
+  start (first upload or probe) checkpoints whose file has changed or gone are aborted, so no
+  orphaned uploads (which S3 bills for) are left behind.
+* **URLs are permanent and unsigned**; every character of the key but
+  `A-Za-z0-9-._~/` is percent-encoded (S3 reads a `+` in a path as a space). With `url_base`
+  the URL is on that domain; with `endpoint_url` it is path-style `endpoint/bucket/key`; otherwise
+  virtual-hosted `scheme://bucket.s3[.region].amazonaws.com/key`. `url_scheme` defaults to https
+  (the original recorded http).
+* **Headers**: Content-Type from the name (`mimetypes`), with `; charset=utf-8` for text, JS,
+  JSON, XML and SVG; the original's far-future `Cache-Control` and `Expires` by default (an empty
+  setting sends none); no ACL unless `acl` is set (`public-read` is the original's behaviour).
+"""
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import dataclasses
+import email.utils
+import hashlib
+import logging
+import mimetypes
+import os
+import re
+import sqlite3
+import threading
+import time
+import urllib.parse
+from typing import Any, Callable, ClassVar, Iterator, Mapping, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from fileconveyor.transporters.base import (
+    ConfigurationError,
+    PermanentError,
+    RetryableError,
+    ServerUnavailableError,
+    Transporter,
+    TransporterContext,
+    TransporterError,
+    normalize_remote_path,
+)
+
+logger = logging.getLogger(__name__)
+
+TRANSPORTER_CLASS = "S3Transporter"
+
+MiB = 1024 * 1024
+#: S3's limits: parts of at least 5 MiB (but the last), at most 10,000 parts, 5 GiB per part.
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * 1024 * MiB
+MAX_PARTS = 10_000
+
+CANNED_ACLS = frozenset({
+    "private", "public-read", "public-read-write", "authenticated-read", "aws-exec-read",
+    "bucket-owner-read", "bucket-owner-full-control",
+})
+STORAGE_CLASSES = frozenset({
+    "STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING",
+    "GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "OUTPOSTS", "SNOW", "EXPRESS_ONEZONE",
+})
+
+#: S3 error codes that mean "the settings are wrong": nothing works until the user fixes them.
+CONFIGURATION_CODES = frozenset({
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId",
+    "InvalidBucketName", "NoSuchBucket", "PermanentRedirect", "AllAccessDisabled",
+    "AccountProblem", "InvalidStorageClass", "RequestTimeTooSkewed", "AccessControlListNotSupported",
+})
+#: Codes worth retrying: throttling, server trouble, a body damaged in transit.
+RETRYABLE_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
+    "RequestTimeout", "InternalError", "ServiceUnavailable", "BadDigest",
+    "OperationAborted", "RequestLimitExceeded", "IncompleteBody",
+})
+
+_T = TypeVar("_T")
+
+
+def parse_size(text: str) -> int:
+    """`8388608`, `8M`, `8MiB`, `512k` -> bytes (binary multiples); ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size (write e.g. 8388608, 8M or 8MiB)")
+    unit = {"": 1, "k": 1024, "m": MiB, "g": 1024 * MiB}[match.group(2).lower()]
+    return int(match.group(1)) * unit
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (write true or false)")
+
+
+def content_type_for(name: str) -> str:
+    """Content-Type from the file name, with a charset for text-like types.
+
+    A compressed name (`app.css.gz`) gets the compression's type, not the inner one: without a
+    Content-Encoding (which this transporter does not guess) serving gzip bytes as text/css breaks
+    pages."""
+    guessed, encoding = mimetypes.guess_type(name, strict=False)
+    if encoding:
+        return {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
+                "xz": "application/x-xz", "br": "application/x-brotli",
+                "compress": "application/x-compress"}.get(encoding, "application/octet-stream")
+    if not guessed:
+        return "application/octet-stream"
+    if (guessed.startswith("text/") or guessed.endswith(("+xml", "+json"))
+            or guessed in ("application/javascript", "application/x-javascript",
+                           "application/json", "application/xml", "image/svg+xml",
+                           "application/ecmascript", "application/manifest+json")):
+        return f"{guessed}; charset=utf-8"
+    return guessed
+
+
+def _error_code(error: botocore.exceptions.ClientError) -> tuple[str, int]:
+    response: Mapping[str, Any] = error.response or {}
+    code = str(response.get("Error", {}).get("Code", "") or "")
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+def _classify(error: Exception, what: str, bucket: str) -> TransporterError:
+    """The classified error for a botocore/boto3 failure while doing `what`."""
+    if isinstance(error, TransporterError):
+        return error
+    if isinstance(error, (botocore.exceptions.NoCredentialsError,
+                          botocore.exceptions.PartialCredentialsError,
+                          botocore.exceptions.CredentialRetrievalError)):
+        return ConfigurationError(
+            f"{what}: no usable S3 credentials ({error}); set <access_key_id> and "
+            "<secret_access_key>, or configure boto3's credential chain (AWS_ACCESS_KEY_ID, "
+            "~/.aws/credentials, an instance role)")
+    if isinstance(error, botocore.exceptions.SSLError):
+        return ConfigurationError(
+            f"{what}: TLS failed ({error}); check <endpoint_url> and the CA bundle")
+    if isinstance(error, (botocore.exceptions.EndpointConnectionError,
+                          botocore.exceptions.ConnectTimeoutError,
+                          botocore.exceptions.ProxyConnectionError)):
+        return ServerUnavailableError(f"{what}: cannot reach the S3 endpoint ({error})")
+    if isinstance(error, (botocore.exceptions.ReadTimeoutError,
+                          botocore.exceptions.ConnectionClosedError,
+                          botocore.exceptions.ConnectionError,
+                          botocore.exceptions.HTTPClientError,
+                          botocore.exceptions.ResponseStreamingError)):
+        return RetryableError(f"{what}: connection failed mid-request ({error})")
+    if isinstance(error, botocore.exceptions.ParamValidationError):
+        return PermanentError(f"{what}: request refused by the S3 client ({error})")
+    if isinstance(error, botocore.exceptions.ClientError):
+        code, status = _error_code(error)
+        message = f"{what}: S3 answered {status} {code or '(no code)'}"
+        if code == "NoSuchBucket":
+            return ConfigurationError(
+                f"{message}: bucket {bucket!r} does not exist; create it, or fix <bucket_name> "
+                "(and <bucket_prefix>, which is prepended to it)")
+        if code == "RequestTimeTooSkewed":
+            return ConfigurationError(f"{message}: this machine's clock is wrong; fix it (NTP)")
+        if code in CONFIGURATION_CODES:
+            return ConfigurationError(
+                f"{message}: check <access_key_id>, <secret_access_key>, <bucket_name>, "
+                f"<region> and <storage_class> ({error})")
+        if code in RETRYABLE_CODES or status >= 500 or status == 429:
+            return RetryableError(f"{message} ({error})")
+        if code == "AccessDenied" or status == 403:
+            return PermanentError(
+                f"{message}: access denied; the credentials may not write to bucket {bucket!r} "
+                "(or <acl> is forbidden by the bucket's object ownership setting)")
+        return PermanentError(f"{message} ({error})")
+    if isinstance(error, botocore.exceptions.BotoCoreError):
+        return RetryableError(f"{what}: {error}")
+    if isinstance(error, FileNotFoundError):
+        return PermanentError(f"{what}: the local file is gone ({error})")
+    if isinstance(error, OSError):
+        return RetryableError(f"{what}: {error}")
+    raise error
+
+
+@dataclasses.dataclass
+class MultipartStats:
+    """Counters for reports and tests: how much a resume saved."""
+
+    uploads: int = 0
+    resumed: int = 0
+    parts_sent: int = 0
+    parts_reused: int = 0
+    #: Parts a checkpoint said were sent that had to be sent again (server lost them, or they
+    #: did not match).
+    parts_resent: int = 0
+    aborted: int = 0
+
+
+class MultipartCheckpoints:
+    """Durable record of in-progress multipart uploads (one SQLite file per state directory).
+
+    Every access goes through `_transaction` (one lock, one short transaction). The file is
+    created 0600: upload ids are capabilities."""
+
+    # Keyed by what identifies the *content* being uploaded: resuming is only safe for the same
+    # bytes, and size + mtime_ns is the same-file test the rest of the daemon uses.
+    DDL_UPLOADS = """
+        CREATE TABLE IF NOT EXISTS multipart_uploads (
+            bucket TEXT NOT NULL, key TEXT NOT NULL, local_path TEXT NOT NULL,
+            size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, part_size INTEGER NOT NULL,
+            upload_id TEXT NOT NULL, created REAL NOT NULL,
+            PRIMARY KEY (bucket, key, local_path))"""
+    # One row per part acknowledged by the server; written as soon as the part's response
+    # arrives, so a crash loses at most the parts in flight.
+    DDL_PARTS = """
+        CREATE TABLE IF NOT EXISTS multipart_parts (
+            upload_id TEXT NOT NULL, part_number INTEGER NOT NULL, etag TEXT NOT NULL,
+            size INTEGER NOT NULL, PRIMARY KEY (upload_id, part_number))"""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False,
+                                   isolation_level=None)
+        # WAL so a reader (a test, an audit) never blocks the part writers; outside BEGIN.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        with self._transaction() as db:
+            db.execute(self.DDL_UPLOADS)
+            db.execute(self.DDL_PARTS)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def find(self, bucket: str, key: str, local_path: str) -> tuple[str, int, int, int] | None:
+        """(upload_id, size, mtime_ns, part_size) of the checkpointed upload, if any."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT upload_id, size, mtime_ns, part_size FROM multipart_uploads "
+                "WHERE bucket = ? AND key = ? AND local_path = ?",
+                (bucket, key, local_path)).fetchone()
+        return tuple(row) if row else None  # type: ignore[return-value]
+
+    def start(self, bucket: str, key: str, local_path: str, size: int, mtime_ns: int,
+              part_size: int, upload_id: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO multipart_uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (bucket, key, local_path, size, mtime_ns, part_size, upload_id, time.time()))
+
+    def parts(self, upload_id: str) -> dict[int, tuple[str, int]]:
+        with self._transaction() as db:
+            rows = db.execute("SELECT part_number, etag, size FROM multipart_parts "
+                              "WHERE upload_id = ?", (upload_id,)).fetchall()
+        return {number: (etag, size) for number, etag, size in rows}
+
+    def add_part(self, upload_id: str, part_number: int, etag: str, size: int) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO multipart_parts VALUES (?, ?, ?, ?)",
+                       (upload_id, part_number, etag, size))
+
+    def forget(self, upload_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM multipart_parts WHERE upload_id = ?", (upload_id,))
+            db.execute("DELETE FROM multipart_uploads WHERE upload_id = ?", (upload_id,))
+
+    def all_for_bucket(self, bucket: str) -> list[tuple[str, str, str, int, int]]:
+        """(upload_id, key, local_path, size, mtime_ns) of every checkpoint in `bucket`."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT upload_id, key, local_path, size, mtime_ns "
+                              "FROM multipart_uploads WHERE bucket = ?", (bucket,)).fetchall()
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+#: (checkpoint db path, bucket) pairs whose stale uploads were cleaned up by this process.
+_cleaned_up: set[tuple[str, str]] = set()
+_cleaned_up_lock = threading.Lock()
+
+
+def _md5_b64(data: bytes | memoryview) -> tuple[str, bytes]:
+    digest = hashlib.md5(data).digest()
+    return base64.b64encode(digest).decode("ascii"), digest
+
+
+class S3Transporter(Transporter):
+    """Upload to one S3 bucket; see the module docstring for the protocol details."""
+
+    name = "s3"
+    valid_settings = frozenset({
+        "access_key_id", "secret_access_key", "bucket_name", "bucket_prefix", "endpoint_url",
+        "region", "acl", "cache_control", "expires", "storage_class", "url_base", "url_scheme",
+        "multipart_threshold", "multipart_chunksize", "multipart_concurrency",
+    })
+    required_settings = frozenset({"bucket_name"})
+    default_settings: ClassVar[Mapping[str, str]] = {
+        "bucket_prefix": "",
+        "acl": "",
+        # The original's far-future headers (~10 years; the date predates 2038 on purpose).
+        "cache_control": "max-age=315360000",
+        "expires": "Tue, 20 Jan 2037 03:00:00 GMT",
+        "storage_class": "",
+        "url_scheme": "https",
+        # Like aws-cli: 8 MiB threshold and parts; parts small enough that a resume saves much.
+        "multipart_threshold": "8MiB",
+        "multipart_chunksize": "8MiB",
+        "multipart_concurrency": "4",
+    }
+    can_resume_multipart = True
+
+    def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
+        super().__init__(settings, context)
+        s = self.settings
+        self.bucket = (s.get("bucket_prefix") or "") + s["bucket_name"].strip()
+        self.endpoint_url = (s.get("endpoint_url") or "").strip().rstrip("/") or None
+        self.region = (s.get("region") or "").strip() or None
+        self.acl = (s.get("acl") or "").strip() or None
+        self.cache_control = (s.get("cache_control") or "").strip() or None
+        expires = (s.get("expires") or "").strip()
+        self.expires = email.utils.parsedate_to_datetime(expires) if expires else None
+        self.storage_class = (s.get("storage_class") or "").strip() or None
+        self.url_scheme = (s.get("url_scheme") or "https").strip()
+        self.multipart_threshold = parse_size(s["multipart_threshold"])
+        self.multipart_chunksize = parse_size(s["multipart_chunksize"])
+        self.multipart_concurrency = int(s["multipart_concurrency"])
+        self.stats = MultipartStats()
+        self._session: boto3.session.Session | None = None
+        self._client: Any = None
+        self._checkpoints: MultipartCheckpoints | None = None
+
+    # -- settings -------------------------------------------------------------------------------
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, str]) -> list[str]:
+        problems = super().check_settings(settings)
+        merged = {**cls.default_settings, **settings}
+        bucket = (merged.get("bucket_prefix") or "") + (merged.get("bucket_name") or "").strip()
+        if merged.get("bucket_name", "").strip() and not re.fullmatch(
+                r"[a-z0-9][a-z0-9.\-_]{1,253}[a-z0-9]", bucket):
+            problems.append(
+                f"bucket {bucket!r} (<bucket_prefix> + <bucket_name>) is not a valid bucket name: "
+                "use 3-63 lowercase letters, digits, dots and hyphens")
+        if bool(merged.get("access_key_id")) != bool(merged.get("secret_access_key")):
+            problems.append("set both <access_key_id> and <secret_access_key>, or neither "
+                            "(to use boto3's credential chain)")
+        acl = (merged.get("acl") or "").strip()
+        if acl and acl not in CANNED_ACLS:
+            problems.append(f"<acl> {acl!r} is not a canned ACL; write one of "
+                            f"{', '.join(sorted(CANNED_ACLS))}, or leave it empty")
+        storage = (merged.get("storage_class") or "").strip()
+        if storage and storage not in STORAGE_CLASSES:
+            problems.append(f"<storage_class> {storage!r} is unknown; write one of "
+                            f"{', '.join(sorted(STORAGE_CLASSES))}")
+        for name in ("endpoint_url", "url_base"):
+            value = (merged.get(name) or "").strip()
+            if not value:
+                continue
+            if name == "url_base" and "://" not in value:
+                value = "https://" + value
+            parsed = urllib.parse.urlsplit(value)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query:
+                problems.append(f"<{name}> {merged[name]!r} is not an http(s) URL such as "
+                                "https://cdn.example.com")
+        if (merged.get("url_scheme") or "").strip() not in ("http", "https"):
+            problems.append("<url_scheme> must be http or https")
+        expires = (merged.get("expires") or "").strip()
+        if expires:
+            try:
+                email.utils.parsedate_to_datetime(expires)
+            except (TypeError, ValueError):
+                problems.append(f"<expires> {expires!r} is not an HTTP date such as "
+                                "'Tue, 20 Jan 2037 03:00:00 GMT' (or leave it empty)")
+        sizes: dict[str, int] = {}
+        for name in ("multipart_threshold", "multipart_chunksize"):
+            try:
+                sizes[name] = parse_size(merged[name])
+            except ValueError as error:
+                problems.append(f"<{name}>: {error}")
+        if sizes.get("multipart_chunksize", MIN_PART_SIZE) < MIN_PART_SIZE:
+            problems.append("<multipart_chunksize> must be at least 5MiB (S3's smallest part)")
+        if sizes.get("multipart_chunksize", 0) > MAX_PART_SIZE:
+            problems.append("<multipart_chunksize> must be at most 5GiB (S3's largest part)")
+        if sizes.get("multipart_threshold", MIN_PART_SIZE) < MIN_PART_SIZE:
+            problems.append("<multipart_threshold> must be at least 5MiB")
+        if sizes.get("multipart_threshold", 0) > MAX_PART_SIZE:
+            problems.append("<multipart_threshold> must be at most 5GiB (S3's largest PUT)")
+        try:
+            if not 1 <= int(merged["multipart_concurrency"]) <= 64:
+                raise ValueError
+        except ValueError:
+            problems.append("<multipart_concurrency> must be a whole number from 1 to 64")
+        region = (merged.get("region") or "").strip()
+        if region and not re.fullmatch(r"[a-z]{2}(-[a-z0-9]+)+-\d+|[a-z0-9-]+", region):
+            problems.append(f"<region> {region!r} does not look like a region (e.g. eu-west-1)")
+        return problems
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        """The S3 client, made on first use (one session and client per instance)."""
+        if self._client is None:
+            self._session = boto3.session.Session(
+                aws_access_key_id=self.settings.get("access_key_id") or None,
+                aws_secret_access_key=self.settings.get("secret_access_key") or None,
+                region_name=self.region or ("us-east-1" if self.endpoint_url else None),
+            )
+            self._client = self._session.client(
+                "s3", endpoint_url=self.endpoint_url, config=self._client_config())
+        return self._client
+
+    def _client_config(self) -> botocore.config.Config:
+        timeout = self.context.timeout
+        return botocore.config.Config(
+            connect_timeout=min(timeout, 10.0),
+            read_timeout=timeout,
+            # One retry at most: the pipeline owns retries and backoff.
+            retries={"total_max_attempts": 2, "mode": "standard"},
+            max_pool_connections=self.multipart_concurrency + 2,
+            # Path style for custom endpoints: they rarely have wildcard DNS for buckets.
+            s3={"addressing_style": "path" if self.endpoint_url else "auto"},
+            # We send Content-MD5 ourselves; botocore's extra CRC32 would hash every byte again.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+
+    def _call(self, what: str, operation: Callable[..., _T], **kwargs: Any) -> _T:
+        """Run one client operation; classify its failure and drop the client if the
+        connection is suspect (the next call reconnects)."""
+        try:
+            return operation(**kwargs)
+        except Exception as error:  # classified below; unknown types re-raise
+            classified = _classify(error, what, self.bucket)
+            if isinstance(classified, RetryableError):
+                self._drop_client()
+            raise classified from error
+
+    def _drop_client(self) -> None:
+        client, self._client, self._session = self._client, None, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def close(self) -> None:
+        self._drop_client()
+        if self._checkpoints is not None:
+            self._checkpoints.close()
+            self._checkpoints = None
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.abspath(os.path.join(self.context.state_dir, "s3-multipart.db"))
+
+    @property
+    def checkpoints(self) -> MultipartCheckpoints:
+        if self._checkpoints is None:
+            self._checkpoints = MultipartCheckpoints(self.checkpoint_path)
+        return self._checkpoints
+
+    # -- URLs ------------------------------------------------------------------------------------
+
+    def base_url(self) -> str:
+        url_base = (self.settings.get("url_base") or "").strip()
+        if url_base:
+            return url_base if "://" in url_base else f"{self.url_scheme}://{url_base}"
+        if self.endpoint_url:
+            return f"{self.endpoint_url}/{urllib.parse.quote(self.bucket)}"
+        region = f".{self.region}" if self.region and self.region != "us-east-1" else ""
+        return f"{self.url_scheme}://{self.bucket}.s3{region}.amazonaws.com"
+
+    def url_for(self, remote_path: str) -> str:
+        # Stricter than base.join_url: S3 decodes `+` in a path as a space (a legacy of its
+        # form-encoding) and some S3 servers split at `;`, so every character but the unreserved
+        # ones and `/` is percent-encoded (join_url's safe set would leave `+` and `;` as is).
+        key = urllib.parse.quote(normalize_remote_path(remote_path), safe="/~")
+        return self.base_url().rstrip("/") + "/" + key
+
+    # -- operations ------------------------------------------------------------------------------
+
+    def probe(self) -> None:
+        client = self._connect()
+        try:
+            client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as error:
+            code, status = _error_code(error)
+            if status == 404 or code in ("404", "NoSuchBucket"):
+                raise ConfigurationError(
+                    f"bucket {self.bucket!r} does not exist; create it, or fix <bucket_name> "
+                    "(and <bucket_prefix>, which is prepended to it)") from error
+            if status in (400, 401, 403) or code in ("403", "400"):
+                raise ConfigurationError(
+                    f"S3 refused access to bucket {self.bucket!r} ({status}); check "
+                    "<access_key_id>, <secret_access_key> and the bucket's policy") from error
+            raise _classify(error, f"probing bucket {self.bucket!r}", self.bucket) from error
+        except Exception as error:
+            classified = _classify(error, f"probing bucket {self.bucket!r}", self.bucket)
+            if isinstance(classified, RetryableError):
+                self._drop_client()
+            raise classified from error
+        self._cleanup_stale_uploads()
+
+    def exists(self, remote_path: str) -> bool:
+        key = normalize_remote_path(remote_path)
+        client = self._connect()
+        try:
+            client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as error:
+            code, status = _error_code(error)
+            if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise _classify(error, f"checking {key!r}", self.bucket) from error
+        except Exception as error:
+            classified = _classify(error, f"checking {key!r}", self.bucket)
+            if isinstance(classified, RetryableError):
+                self._drop_client()
+            raise classified from error
+        return True
+
+    def delete(self, remote_path: str) -> None:
+        key = normalize_remote_path(remote_path)
+        client = self._connect()
+        # S3 answers 204 whether or not the key existed: a missing file is not an error.
+        self._call(f"deleting {key!r}", client.delete_object, Bucket=self.bucket, Key=key)
+        logger.debug("deleted s3://%s/%s", self.bucket, key)
+
+    def upload(self, local_path: str, remote_path: str) -> str:
+        key = normalize_remote_path(remote_path)
+        try:
+            stat = os.stat(local_path)
+        except FileNotFoundError as error:
+            raise PermanentError(f"cannot upload {local_path!r}: the file is gone") from error
+        except OSError as error:
+            raise RetryableError(f"cannot read {local_path!r}: {error}") from error
+        self._connect()
+        self._cleanup_stale_uploads()
+        if stat.st_size >= self.multipart_threshold:
+            self._upload_multipart(local_path, key, stat.st_size, stat.st_mtime_ns)
+        else:
+            self._upload_single(local_path, key)
+        logger.debug("uploaded %s to s3://%s/%s", local_path, self.bucket, key)
+        return self.url_for(key)
+
+    def _object_arguments(self, key: str) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": key,
+                                     "ContentType": content_type_for(key)}
+        if self.cache_control:
+            arguments["CacheControl"] = self.cache_control
+        if self.expires:
+            arguments["Expires"] = self.expires
+        if self.acl:
+            arguments["ACL"] = self.acl
+        if self.storage_class:
+            arguments["StorageClass"] = self.storage_class
+        return arguments
+
+    def _upload_single(self, local_path: str, key: str) -> None:
+        # Below the threshold (at most 5 GiB, usually 8 MiB): read once, hash, send from memory.
+        try:
+            with open(local_path, "rb") as source:
+                data = source.read()
+        except FileNotFoundError as error:
+            raise PermanentError(f"cannot upload {local_path!r}: the file is gone") from error
+        except OSError as error:
+            raise RetryableError(f"cannot read {local_path!r}: {error}") from error
+        md5_b64, _ = _md5_b64(data)
+        self._call(f"uploading {local_path!r} to {key!r}", self._connect().put_object,
+                   Body=data, ContentMD5=md5_b64, **self._object_arguments(key))
+
+    # -- multipart -------------------------------------------------------------------------------
+
+    def part_size_for(self, size: int) -> int:
+        """The configured chunk size, grown (in whole MiB) to stay within 10,000 parts."""
+        part_size = max(self.multipart_chunksize, MIN_PART_SIZE)
+        if -(-size // part_size) > MAX_PARTS:
+            part_size = -(-(-(-size // MAX_PARTS)) // MiB) * MiB
+        return part_size
+
+    def _upload_multipart(self, local_path: str, key: str, size: int, mtime_ns: int) -> None:
+        client = self._connect()
+        checkpoints = self.checkpoints
+        part_size = self.part_size_for(size)
+        part_count = -(-size // part_size)
+        what = f"uploading {local_path!r} to {key!r}"
+        self.stats.uploads += 1
+
+        upload_id: str | None = None
+        reusable: dict[int, tuple[str, int]] = {}
+        previous = checkpoints.find(self.bucket, key, local_path)
+        if previous is not None:
+            old_id, old_size, old_mtime, old_part_size = previous
+            if (old_size, old_mtime, old_part_size) == (size, mtime_ns, part_size):
+                recorded = checkpoints.parts(old_id)
+                server_parts = self._list_parts(key, old_id)
+                if server_parts is None:
+                    logger.info("multipart upload of %s is unknown to the server; starting over",
+                                key)
+                    self.stats.parts_resent += len(recorded)
+                    checkpoints.forget(old_id)
+                else:
+                    upload_id = old_id
+                    reusable = self._verified_parts(recorded, server_parts, size, part_size,
+                                                    part_count)
+                    self.stats.parts_resent += len(set(recorded) - set(reusable))
+                    self.stats.resumed += 1
+                    logger.info("resuming multipart upload of %s: %d of %d parts already there",
+                                key, len(reusable), part_count)
+            else:
+                logger.info("%s changed since its multipart upload began; aborting that upload",
+                            local_path)
+                self._abort(key, old_id)
+        if upload_id is None:
+            created = self._call(what, client.create_multipart_upload,
+                                 **self._object_arguments(key))
+            upload_id = str(created["UploadId"])
+            checkpoints.start(self.bucket, key, local_path, size, mtime_ns, part_size, upload_id)
+
+        try:
+            etags = self._send_parts(local_path, key, upload_id, size, part_size, part_count,
+                                     reusable)
+            expected_etag = self._complete(key, upload_id, etags)
+        except (PermanentError, ConfigurationError):
+            self._abort(key, upload_id)
+            raise
+        checkpoints.forget(upload_id)
+        logger.debug("completed multipart upload of %s (%d parts, ETag %s)", key, part_count,
+                     expected_etag)
+
+    def _list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
+        """The server's parts of `upload_id` (number -> (ETag, size)); None if it has no such
+        upload (completed, aborted, expired, or a server that lost its state)."""
+        client = self._connect()
+        parts: dict[int, tuple[str, int]] = {}
+        marker = 0
+        for _page in range(MAX_PARTS // 1000 + 1):
+            try:
+                response = client.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                             PartNumberMarker=marker)
+            except botocore.exceptions.ClientError as error:
+                code, status = _error_code(error)
+                if code == "NoSuchUpload" or status == 404:
+                    return None
+                raise _classify(error, f"listing parts of {key!r}", self.bucket) from error
+            except Exception as error:
+                raise _classify(error, f"listing parts of {key!r}", self.bucket) from error
+            for part in response.get("Parts", []):
+                parts[int(part["PartNumber"])] = (str(part["ETag"]).strip('"'), int(part["Size"]))
+            if not response.get("IsTruncated"):
+                break
+            marker = int(response.get("NextPartNumberMarker", 0))
+        return parts
+
+    def _verified_parts(self, recorded: Mapping[int, tuple[str, int]],
+                        server: Mapping[int, tuple[str, int]], size: int, part_size: int,
+                        part_count: int) -> dict[int, tuple[str, int]]:
+        """Parts safe to keep: on the server with the size and ETag the checkpoint recorded.
+
+        A part the server has but the checkpoint lacks (the crash came between the server's
+        answer and our commit) is sent again: without its recorded MD5 we cannot vouch for it."""
+        keep: dict[int, tuple[str, int]] = {}
+        for number, (etag, part_bytes) in recorded.items():
+            if not 1 <= number <= part_count:
+                continue
+            expected = min(part_size, size - (number - 1) * part_size)
+            if server.get(number) == (etag, part_bytes) and part_bytes == expected:
+                keep[number] = (etag, part_bytes)
+        return keep
+
+    def _send_parts(self, local_path: str, key: str, upload_id: str, size: int, part_size: int,
+                    part_count: int, reusable: Mapping[int, tuple[str, int]]) -> dict[int, str]:
+        """Upload the missing parts, `multipart_concurrency` at a time; ETags by part number."""
+        etags = {number: etag for number, (etag, _size) in reusable.items()}
+        self.stats.parts_reused += len(reusable)
+        missing = [n for n in range(1, part_count + 1) if n not in reusable]
+        if not missing:
+            return etags
+        try:
+            fd = os.open(local_path, os.O_RDONLY)
+        except FileNotFoundError as error:
+            raise PermanentError(f"cannot upload {local_path!r}: the file is gone") from error
+        client = self._connect()
+        stop = threading.Event()
+
+        def send(number: int) -> tuple[int, str]:
+            if stop.is_set():
+                raise RetryableError("multipart upload stopped after another part failed")
+            offset = (number - 1) * part_size
+            length = min(part_size, size - offset)
+            data = os.pread(fd, length, offset)
+            if len(data) != length:
+                raise PermanentError(f"{local_path!r} shrank during the upload; it will be "
+                                     "uploaded again when it is complete")
+            md5_b64, digest = _md5_b64(data)
+            response = self._call(
+                f"uploading part {number}/{part_count} of {key!r}", client.upload_part,
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                Body=data, ContentMD5=md5_b64)
+            etag = str(response["ETag"]).strip('"')
+            if re.fullmatch(r"[0-9a-f]{32}", etag) and etag != digest.hex():
+                raise RetryableError(f"part {number} of {key!r}: the server stored different "
+                                     "bytes (ETag is not the part's MD5)")
+            self.checkpoints.add_part(upload_id, number, etag, length)
+            self.stats.parts_sent += 1
+            return number, etag
+
+        errors: list[TransporterError] = []
+        try:
+            workers = min(self.multipart_concurrency, len(missing))
+            with concurrent.futures.ThreadPoolExecutor(
+                    max_workers=workers, thread_name_prefix=f"s3-parts-{key[-20:]}") as pool:
+                futures = [pool.submit(send, number) for number in missing]
+                for future in concurrent.futures.as_completed(futures):
+                    try:
+                        number, etag = future.result()
+                        etags[number] = etag
+                    except TransporterError as error:
+                        stop.set()
+                        errors.append(error)
+        finally:
+            os.close(fd)
+        if errors:
+            # The most severe error decides what the pipeline does with the file.
+            for kind in (ConfigurationError, PermanentError, ServerUnavailableError):
+                for error in errors:
+                    if isinstance(error, kind):
+                        raise error
+            raise errors[0]
+        return etags
+
+    def _complete(self, key: str, upload_id: str, etags: Mapping[int, str]) -> str:
+        numbers = sorted(etags)
+        expected = hashlib.md5(b"".join(bytes.fromhex(etags[n]) for n in numbers
+                                        if re.fullmatch(r"[0-9a-f]{32}", etags[n])))
+        expected_etag = f"{expected.hexdigest()}-{len(numbers)}"
+        response = self._call(
+            f"completing the multipart upload of {key!r}", self._connect().complete_multipart_upload,
+            Bucket=self.bucket, Key=key, UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": f'"{etags[n]}"'}
+                                       for n in numbers]})
+        etag = str(response.get("ETag", "")).strip('"')
+        if re.fullmatch(r"[0-9a-f]{32}-\d+", etag) and etag != expected_etag:
+            raise RetryableError(f"multipart upload of {key!r} completed with ETag {etag}, "
+                                 f"expected {expected_etag}: the object is corrupt; retrying")
+        return etag
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        """Abort an upload and forget its checkpoint; an upload the server no longer knows is
+        fine. Failures are logged: the checkpoint stays so a later start-up cleans it up."""
+        try:
+            self._connect().abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                   UploadId=upload_id)
+        except botocore.exceptions.ClientError as error:
+            code, status = _error_code(error)
+            if code != "NoSuchUpload" and status != 404:
+                logger.warning("could not abort multipart upload of %s: %s", key, error)
+                return
+        except Exception as error:  # network trouble: keep the checkpoint for later
+            logger.warning("could not abort multipart upload of %s: %s", key, error)
+            return
+        self.stats.aborted += 1
+        self.checkpoints.forget(upload_id)
+
+    def _cleanup_stale_uploads(self) -> None:
+        """Once per process and bucket: abort checkpointed uploads whose file changed or went."""
+        path = self.checkpoint_path
+        with _cleaned_up_lock:
+            if (path, self.bucket) in _cleaned_up:
+                return
+            _cleaned_up.add((path, self.bucket))
+        if not os.path.exists(path):
+            return
+        for upload_id, key, local_path, size, mtime_ns in self.checkpoints.all_for_bucket(
+                self.bucket):
+            try:
+                stat = os.stat(local_path)
+                unchanged = (stat.st_size, stat.st_mtime_ns) == (size, mtime_ns)
+            except OSError:
+                unchanged = False
+            if not unchanged:
+                logger.info("aborting the stale multipart upload of %s (%s changed or is gone)",
+                            key, local_path)
+                self._abort(key, upload_id)
+
+
+def forget_cleanup_marks() -> None:
+    """Tests: make the next transporter clean up stale uploads again, as after a restart."""
+    with _cleaned_up_lock:
+        _cleaned_up.clear()
