@@ -41,6 +41,7 @@ class Collector:
         with self.cond:
             if self.fail_next > 0:
                 self.fail_next -= 1
+                self.cond.notify_all()
                 raise RuntimeError("pipeline queue unavailable (test)")
             self.events.extend(batch)
             self.batches += 1
@@ -89,9 +90,15 @@ class Harness:
         self.crashes: list[BaseException] = []
         self.monitors: list[TreeMonitor] = []
 
-    def start(self, tree: Any, collector: Collector, ignored: tuple[str, ...] = (".svn", "CVS"), **kw: Any) -> TreeMonitor:
+    def create(self, collector: Collector, ignored: tuple[str, ...] = (".svn", "CVS"), **kw: Any) -> TreeMonitor:
         monitor = BACKENDS[self.backend](collector, self.index, ignored, on_crash=self.crashes.append, **kw)
         self.monitors.append(monitor)
+        return monitor
+
+    def start(self, tree: Any, collector: Collector, ignored: tuple[str, ...] = (".svn", "CVS"),
+              monitor: TreeMonitor | None = None, **kw: Any) -> TreeMonitor:
+        if monitor is None:
+            monitor = self.create(collector, ignored, **kw)
         monitor.add_tree(str(tree))
         monitor.start()
         self.settle(monitor)
