@@ -150,10 +150,10 @@ class Arbitrator:
                  len(self.config.sources), len(self.config.servers), len(self.config.rules), self.monitor.name)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop taking work, give in-flight work `timeout` seconds, flush and close.
+        """Stop taking work, give running transfers `timeout` seconds, flush and close.
 
-        Work still running after the timeout stays in `pipeline_list` and is resumed at the next
-        start; nothing is lost."""
+        Transfers that have not started are not begun; they, and any still running after the
+        timeout, stay in `pipeline_list` and are resumed at the next start: nothing is lost."""
         timeout = self.settings.SHUTDOWN_TIMEOUT if timeout is None else timeout
         deadline = time.monotonic() + timeout
         if self.monitor is not None:
@@ -165,16 +165,6 @@ class Arbitrator:
         self._wake.set()
         if self._dispatcher is not None:
             self._dispatcher.join(max(0.0, deadline - time.monotonic()))
-        with self._jobs_lock:
-            waiting_for = len(self._jobs)
-        if waiting_for:
-            log.info("Waiting up to %.0f s for %d file(s) in flight", max(0.0, deadline - time.monotonic()), waiting_for)
-        while time.monotonic() < deadline:
-            with self._jobs_lock:
-                if not self._jobs:
-                    break
-            self._wake.wait(0.1)
-            self._wake.clear()
         for pool in self.pools.values():
             pool.stop(max(0.0, deadline - time.monotonic()))
         if self._processors is not None:

@@ -163,7 +163,7 @@ class Runner:
         settings = self.config.settings
         if not settings.RESTART_AFTER_UNHANDLED_EXCEPTION:
             return False
-        log.warning("Restarting in %.0f s (RESTART_AFTER_UNHANDLED_EXCEPTION)", settings.RESTART_INTERVAL)
+        log.warning("Restarting in %.1f s (RESTART_AFTER_UNHANDLED_EXCEPTION)", settings.RESTART_INTERVAL)
         if self.stop_requested.wait(settings.RESTART_INTERVAL):
             return False
         try:

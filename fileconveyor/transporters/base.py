@@ -77,7 +77,8 @@ def normalize_remote_path(remote_path: str) -> str:
     if "\x00" in remote_path:
         raise PermanentError(f"remote path {remote_path!r} contains a NUL byte")
     parts: list[str] = []
-    for part in remote_path.replace("\\", "/").split("/"):
+    # A backslash is an ordinary character in POSIX names (and S3 keys), never a separator.
+    for part in remote_path.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
