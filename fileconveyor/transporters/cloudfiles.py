@@ -1,0 +1,282 @@
+"""Rackspace Cloud Files / OpenStack Swift transporter (python-swiftclient).
+
+Also reachable as `mosso` and `cumulus`, the original's historical names. The original settings
+`username`, `api_key` and `container` keep their meaning; by default they authenticate against
+Rackspace's legacy v1.0 identity endpoint with the API key, exactly what python-cloudfiles and
+django-cumulus did. Any other Swift: set `auth_url` and `auth_version` (1 for tempauth/swauth;
+2 or 3 for Keystone, which also needs python-keystoneclient) and the tenant/project settings.
+
+Protocol notes this module is shaped by:
+
+* **Atomic by nature.** Swift makes an object visible only once the whole PUT has arrived, so
+  there is no temporary name. Integrity: the request carries the MD5 as `ETag`, and Swift refuses
+  (422) a body that does not match it.
+* **The URL.** `url_base` if set (a CDN domain, e.g. Rackspace's `https://....rackcdn.com`);
+  otherwise the container's public URL, the storage URL from the auth reply + `/container`. That
+  needs the auth reply, so without `url_base` the first `url_for` authenticates (one request).
+  Objects are only readable there if the container is public: `public = true` gives a container
+  this transporter creates, or one whose read ACL lacks it, `X-Container-Read: .r:*`.
+* **Retries.** swiftclient's own retry loop is switched off (`retries=0`): the pipeline retries
+  with backoff, and a retry hidden in here would hide a dead server from the pool.
+* **Errors.** `ClientException.http_status`: 401 bad credentials (configuration), 403/400/413
+  refused (permanent), 404 container gone (recreated once), 408/422/429/498/5xx transient. No
+  status means the connection failed: refused connections are ServerUnavailableError.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+import urllib.parse
+from typing import Any, Callable, Mapping, TypeVar
+
+import requests
+import swiftclient.client
+from swiftclient.exceptions import ClientException
+
+from fileconveyor.transporters.base import (
+    ConfigurationError,
+    PermanentError,
+    RetryableError,
+    ServerUnavailableError,
+    Transporter,
+    TransporterContext,
+    TransporterError,
+    join_url,
+    normalize_remote_path,
+)
+
+logger = logging.getLogger(__name__)
+
+TRANSPORTER_CLASS = "CloudFilesTransporter"
+
+T = TypeVar("T")
+
+RACKSPACE_AUTH_URL = "https://auth.api.rackspacecloud.com/v1.0"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_RETRYABLE_STATUS = {408, 409, 422, 429, 498, 499}
+_HASH_BLOCK = 1024 * 1024
+_OS_OPTIONS = {"project_name": "project_name", "user_domain_name": "user_domain_name",
+               "project_domain_name": "project_domain_name", "region": "region_name",
+               "tenant_name": "tenant_name"}
+
+
+def _refused(error: BaseException) -> bool:
+    """Did the TCP connection never open (refused, unreachable, DNS, connect timeout)?"""
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return True
+    if not isinstance(error, requests.exceptions.ConnectionError):
+        return False
+    seen: set[int] = set()
+    todo: list[Any] = [error]
+    while todo and len(seen) < 20:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        name = type(item).__name__
+        if name in ("NewConnectionError", "NameResolutionError", "ConnectionRefusedError"):
+            return True
+        todo.extend(a for a in getattr(item, "args", ()) if isinstance(a, BaseException))
+        for attr in ("reason", "__cause__", "__context__"):
+            value = getattr(item, attr, None)
+            if isinstance(value, BaseException):
+                todo.append(value)
+    return False
+
+
+class CloudFilesTransporter(Transporter):
+    """Upload objects to one Swift container; URLs on `url_base` or the container's URL."""
+
+    name = "cloudfiles"
+    valid_settings = frozenset({
+        "username", "api_key", "container", "auth_url", "auth_version", "tenant_name",
+        "project_name", "user_domain_name", "project_domain_name", "region", "url_base",
+        "public",
+    })
+    required_settings = frozenset({"username", "api_key", "container"})
+    default_settings: Mapping[str, str] = {
+        "auth_url": RACKSPACE_AUTH_URL, "auth_version": "1", "public": "false",
+    }
+
+    def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
+        super().__init__(settings, context)
+        self._conn: swiftclient.client.Connection | None = None
+        self._container_ready = False
+        self._container_url: str | None = None
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, str]) -> list[str]:
+        problems = super().check_settings(settings)
+        for key in ("auth_url", "url_base"):
+            value = settings.get(key, "")
+            if value and urllib.parse.urlsplit(value).scheme not in ("http", "https"):
+                problems.append(f"<{key}> must be an http:// or https:// URL, not {value!r}")
+        version = settings.get("auth_version", "1").strip()
+        if version not in ("1", "1.0", "2", "2.0", "3"):
+            problems.append(f"<auth_version> must be 1, 2 or 3, not {version!r}")
+        public = settings.get("public", "false").strip().lower()
+        if public not in _TRUE | _FALSE:
+            problems.append(f"<public> must be true or false, not {public!r}")
+        if "/" in settings.get("container", ""):
+            problems.append("<container> is a container name and cannot contain '/'")
+        return problems
+
+    @property
+    def container(self) -> str:
+        return self.settings["container"].strip()
+
+    # -- connection --------------------------------------------------------------------------------
+
+    def _connection(self) -> swiftclient.client.Connection:
+        if self._conn is None:
+            os_options = {option: self.settings[key].strip()
+                          for key, option in _OS_OPTIONS.items() if self.settings.get(key)}
+            self._conn = swiftclient.client.Connection(
+                authurl=self.settings["auth_url"].strip(), user=self.settings["username"],
+                key=self.settings["api_key"], auth_version=self.settings["auth_version"].strip(),
+                tenant_name=self.settings.get("tenant_name") or None, os_options=os_options,
+                retries=0, timeout=self.context.timeout, retry_on_ratelimit=False)
+            self._container_ready = False
+        return self._conn
+
+    def _error(self, action: str, error: BaseException) -> TransporterError:
+        where = f"Swift {action}"
+        if isinstance(error, ClientException):
+            status = error.http_status
+            if status == 401:
+                return ConfigurationError(
+                    f"{where}: authentication failed ({error.msg}); check <username>, <api_key> "
+                    f"and <auth_url> ({self.settings['auth_url']})")
+            if status is None:
+                return RetryableError(f"{where} failed: {error}")
+            if status >= 500 or status in _RETRYABLE_STATUS:
+                return RetryableError(f"{where}: transient server error {status} ({error.msg})")
+            return PermanentError(f"{where} refused: {status} {error.reason or error.msg}")
+        if _refused(error):
+            return ServerUnavailableError(f"{where}: cannot connect to "
+                                          f"{self.settings['auth_url']}: {error}")
+        return RetryableError(f"{where} failed: {error or type(error).__name__}")
+
+    def _run(self, action: str, operation: Callable[[swiftclient.client.Connection], T]) -> T:
+        conn = self._connection()
+        try:
+            return operation(conn)
+        except TransporterError:
+            raise
+        except Exception as error:
+            classified = self._error(action, error)
+            if isinstance(classified, RetryableError) or isinstance(error, ClientException) and \
+                    error.http_status == 401:
+                self.close()  # a fresh connection (and token) for the next attempt
+            raise classified from None
+
+    def _ensure_container(self, conn: swiftclient.client.Connection) -> None:
+        """Create the container if missing; make it public if `public` says so."""
+        if self._container_ready:
+            return
+        public = self.settings["public"].strip().lower() in _TRUE
+        try:
+            headers = conn.head_container(self.container)
+        except ClientException as error:
+            if error.http_status != 404:
+                raise
+            conn.put_container(self.container, headers={"X-Container-Read": ".r:*"}
+                               if public else {})
+            logger.info("created Swift container %s%s", self.container,
+                        " (public)" if public else "")
+        else:
+            if public and ".r:*" not in headers.get("x-container-read", ""):
+                conn.post_container(self.container, headers={"X-Container-Read": ".r:*"})
+                logger.info("made Swift container %s public (X-Container-Read: .r:*)",
+                            self.container)
+        self._container_ready = True
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # closing a broken connection: nothing to save
+                logger.debug("error while closing a Swift connection", exc_info=True)
+
+    # -- URLs ----------------------------------------------------------------------------------------
+
+    def url_for(self, remote_path: str) -> str:
+        relative = normalize_remote_path(remote_path)
+        base = self.settings.get("url_base", "").strip()
+        if base:
+            return join_url(base, relative)
+        if self._container_url is None:
+            def storage_url(conn: swiftclient.client.Connection) -> str:
+                url, _token = conn.get_auth()
+                return str(url)
+
+            url = self._run("authentication", storage_url)
+            self._container_url = url.rstrip("/") + "/" + urllib.parse.quote(self.container)
+        return join_url(self._container_url, relative)
+
+    # -- operations --------------------------------------------------------------------------------
+
+    def upload(self, local_path: str, remote_path: str) -> str:
+        relative = normalize_remote_path(remote_path)
+        try:
+            local = open(local_path, "rb")
+        except OSError as error:
+            raise PermanentError(f"cannot read local file {local_path}: {error}") from None
+        with local:
+            md5 = hashlib.md5(usedforsecurity=False)
+            for block in iter(lambda: local.read(_HASH_BLOCK), b""):
+                md5.update(block)
+            size = local.tell()
+            content_type = mimetypes.guess_type(relative)[0] or "application/octet-stream"
+            if content_type.startswith("text/"):
+                content_type += "; charset=utf-8"
+
+            def put(conn: swiftclient.client.Connection) -> None:
+                for attempt in (1, 2):
+                    self._ensure_container(conn)
+                    local.seek(0)
+                    try:
+                        conn.put_object(self.container, relative, contents=local,
+                                        content_length=size, etag=md5.hexdigest(),
+                                        content_type=content_type)
+                        return
+                    except ClientException as error:
+                        if error.http_status != 404 or attempt == 2:
+                            raise
+                        self._container_ready = False  # deleted under us: create it again
+
+            self._run(f"upload of {relative}", put)
+        logger.debug("uploaded %s to swift %s/%s", local_path, self.container, relative)
+        return self.url_for(relative)
+
+    def delete(self, remote_path: str) -> None:
+        relative = normalize_remote_path(remote_path)
+
+        def remove(conn: swiftclient.client.Connection) -> None:
+            try:
+                conn.delete_object(self.container, relative)
+            except ClientException as error:
+                if error.http_status != 404:
+                    raise
+
+        self._run(f"delete of {relative}", remove)
+
+    def exists(self, remote_path: str) -> bool:
+        relative = normalize_remote_path(remote_path)
+
+        def head(conn: swiftclient.client.Connection) -> bool:
+            try:
+                conn.head_object(self.container, relative)
+                return True
+            except ClientException as error:
+                if error.http_status == 404:
+                    return False
+                raise
+
+        return self._run(f"HEAD of {relative}", head)
+
+    def probe(self) -> None:
+        self._run("probe", lambda conn: conn.head_account())
