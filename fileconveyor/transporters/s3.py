@@ -217,11 +217,45 @@ class MultipartStats:
     aborted: int = 0
 
 
-class MultipartCheckpoints:
-    """Durable record of in-progress multipart uploads (one SQLite file per state directory).
+class SQLiteState:
+    """A small private SQLite file for a transporter's durable state (huey's pattern): every
+    access goes through `_transaction` (one lock, one short transaction); created 0600."""
 
-    Every access goes through `_transaction` (one lock, one short transaction). The file is
-    created 0600: upload ids are capabilities."""
+    #: CREATE statements run at open (each IF NOT EXISTS).
+    DDL: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False,
+                                   isolation_level=None)
+        # WAL so a reader (a test, an audit) never blocks the writers; must be outside BEGIN.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        with self._transaction() as db:
+            for statement in self.DDL:
+                db.execute(statement)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class MultipartCheckpoints(SQLiteState):
+    """Durable record of in-progress multipart uploads (one file per state directory).
+    Upload ids are capabilities, hence the private file."""
 
     # Keyed by what identifies the *content* being uploaded: resuming is only safe for the same
     # bytes, and size + mtime_ns is the same-file test the rest of the daemon uses.
@@ -237,30 +271,7 @@ class MultipartCheckpoints:
         CREATE TABLE IF NOT EXISTS multipart_parts (
             upload_id TEXT NOT NULL, part_number INTEGER NOT NULL, etag TEXT NOT NULL,
             size INTEGER NOT NULL, PRIMARY KEY (upload_id, part_number))"""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False,
-                                   isolation_level=None)
-        # WAL so a reader (a test, an audit) never blocks the part writers; outside BEGIN.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        with self._transaction() as db:
-            db.execute(self.DDL_UPLOADS)
-            db.execute(self.DDL_PARTS)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    DDL = (DDL_UPLOADS, DDL_PARTS)
 
     def find(self, bucket: str, key: str, local_path: str) -> tuple[str, int, int, int] | None:
         """(upload_id, size, mtime_ns, part_size) of the checkpointed upload, if any."""
@@ -300,10 +311,6 @@ class MultipartCheckpoints:
             rows = db.execute("SELECT upload_id, key, local_path, size, mtime_ns "
                               "FROM multipart_uploads WHERE bucket = ?", (bucket,)).fetchall()
         return [tuple(row) for row in rows]  # type: ignore[misc]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
 
 #: (checkpoint db path, bucket) pairs whose stale uploads were cleaned up by this process.
@@ -540,6 +547,12 @@ class S3Transporter(Transporter):
             code, status = _error_code(error)
             if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
                 return False
+            if status == 403:
+                # A HEAD answer has no body: bad credentials and a missing permission look the
+                # same (and without s3:ListBucket, S3 answers 403 for a missing key too).
+                raise ConfigurationError(
+                    f"S3 refused to say whether {key!r} exists in bucket {self.bucket!r} (403); "
+                    "check the credentials, and grant s3:GetObject and s3:ListBucket") from error
             raise _classify(error, f"checking {key!r}", self.bucket) from error
         except Exception as error:
             classified = _classify(error, f"checking {key!r}", self.bucket)

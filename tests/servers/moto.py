@@ -346,3 +346,25 @@ def throttled_proxy() -> Iterator[Callable[..., TCPProxy]]:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+    id: str
+    domain_name: str
+
+
+@pytest.fixture
+def cloudfront_distribution(moto_server: MotoServer, s3_bucket: str) -> Distribution:
+    """A CloudFront distribution on moto with `s3_bucket` as its origin. (moto completes
+    invalidations at once: nothing is ever "in progress" there.)"""
+    created = moto_server.client("cloudfront").create_distribution(DistributionConfig={
+        "CallerReference": uuid.uuid4().hex, "Comment": "fileconveyor test", "Enabled": True,
+        "Origins": {"Quantity": 1, "Items": [{
+            "Id": "origin", "DomainName": f"{s3_bucket}.s3.amazonaws.com",
+            "S3OriginConfig": {"OriginAccessIdentity": ""}}]},
+        "DefaultCacheBehavior": {
+            "TargetOriginId": "origin", "ViewerProtocolPolicy": "allow-all", "MinTTL": 0,
+            "ForwardedValues": {"QueryString": False, "Cookies": {"Forward": "none"}},
+            "TrustedSigners": {"Enabled": False, "Quantity": 0}}})["Distribution"]
+    return Distribution(created["Id"], created["DomainName"])
