@@ -122,6 +122,25 @@ def stop_tree(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     kill_tree(process, timeout)
 
 
+def start_daemon(argv: list[str], log_path: pathlib.Path, ready: Callable[[], bool],
+                 what: str, timeout: float, cwd: pathlib.Path | None = None
+                 ) -> subprocess.Popen[bytes]:
+    """Start a server process logging to `log_path` and wait until `ready()`; if it exits or
+    never gets ready, kill it and raise with the end of its log."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=log)
+    try:
+        wait_until(lambda: process.poll() is not None or ready(), timeout, what)
+    except TimeoutError:
+        kill_tree(process)
+        raise
+    if process.poll() is not None:
+        raise RuntimeError(f"{what} exited with {process.returncode}: "
+                           f"{log_path.read_text(errors='replace')[-2000:]}")
+    return process
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
         pass

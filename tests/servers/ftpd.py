@@ -36,8 +36,8 @@ from tests.servers._loopback import (
     free_port,
     kill_tree,
     require_loopback,
+    start_daemon,
     stop_tree,
-    wait_until,
 )
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -122,20 +122,9 @@ class FTPServer:
                 "--port", str(self.port), "--root", str(self.data)]
         if self.tls:
             argv += ["--cert", str(self.cert_file), "--key", str(self.key_file)]
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=log)
-        process = self.process
-        try:
-            wait_until(lambda: process.poll() is not None
-                       or banner_ready(self.host, self.port, b"220"),
-                       START_TIMEOUT, f"ftpd on {self.host}:{self.port}")
-        except TimeoutError:
-            kill_tree(process)
-            raise
-        if process.poll() is not None:
-            raise RuntimeError(f"ftpd exited with {process.returncode}: "
-                               f"{self.log.read_text(errors='replace')[-2000:]}")
+        self.process = start_daemon(
+            argv, self.log, lambda: banner_ready(self.host, self.port, b"220"),
+            f"ftpd on {self.host}:{self.port}", START_TIMEOUT, cwd=REPO_ROOT)
 
     def kill(self) -> None:
         if self.process is not None:

@@ -30,8 +30,8 @@ from tests.servers._loopback import (
     free_port,
     kill_tree,
     require_loopback,
+    start_daemon,
     stop_tree,
-    wait_until,
 )
 
 SSHD = "/usr/sbin/sshd"
@@ -118,25 +118,11 @@ class SSHServer:
         """Start sshd in the foreground (-D) and wait for its banner."""
         os.makedirs(PRIVSEP_DIR, mode=0o755, exist_ok=True)
         require_loopback(self.host)
-        log = open(self.log, "ab")
-        try:
-            # sshd re-executes itself, so it must be started with its absolute path.
-            self.process = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        finally:
-            log.close()
-        process = self.process
-        try:
-            wait_until(lambda: process.poll() is not None
-                       or banner_ready(self.host, self.port, b"SSH-2.0-"),
-                       START_TIMEOUT, f"sshd on {self.host}:{self.port}")
-        except TimeoutError:
-            kill_tree(process)
-            raise
-        if process.poll() is not None:
-            raise RuntimeError(f"sshd exited with {process.returncode}: "
-                               f"{self.log.read_text(errors='replace')[-2000:]}")
+        # sshd re-executes itself, so it must be started with its absolute path.
+        self.process = start_daemon(
+            [SSHD, "-D", "-e", "-f", str(self.config)], self.log,
+            lambda: banner_ready(self.host, self.port, b"SSH-2.0-"),
+            f"sshd on {self.host}:{self.port}", START_TIMEOUT)
 
     def kill(self) -> None:
         """SIGKILL sshd and every connection it serves (a crash, as the kill test wants)."""
