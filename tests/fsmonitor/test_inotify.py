@@ -14,7 +14,7 @@ import pytest
 
 from fileconveyor.fsmonitor.base import Event
 
-from .conftest import Collector, Harness, final, pairs
+from .conftest import PRESENT, Collector, Harness, final, pairs
 
 C, M, D = Event.CREATED, Event.MODIFIED, Event.DELETED
 REPO = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def test_real_queue_overflow_triggers_a_rescan_that_loses_nothing(inotify: Harne
         path.write_text(str(i))
         files.append(str(path))
     got.gate.set()
-    got.wait_paths({p: C for p in files}, timeout=20)
+    got.wait_paths({p: PRESENT for p in files}, timeout=20)
     inotify.settle(monitor)
     assert monitor.overflows >= 1
     assert set(final(got.events)) == set(files)
