@@ -446,10 +446,16 @@ class TransporterConformance:
         with pytest.raises((ConfigurationError, PermanentError)):
             transporter.probe()
 
-    def test_missing_local_file_is_permanent(self, transporter: Transporter,
-                                             tmp_path: pathlib.Path) -> None:
-        with pytest.raises(PermanentError):
+    def test_missing_local_file_is_not_a_server_problem(self, harness: RemoteHarness,
+                                                        transporter: Transporter,
+                                                        tmp_path: pathlib.Path) -> None:
+        # The contract leaves open whether a vanished source is permanent (S3: goes to the failed
+        # list) or retryable (symlink_or_copy: "a newer event will follow"); it must never pause
+        # the server's pool or blame the config, and nothing may appear at the destination.
+        with pytest.raises((PermanentError, RetryableError)) as caught:
             transporter.upload(str(tmp_path / "does-not-exist"), "x.txt")
+        assert not isinstance(caught.value, (ServerUnavailableError, ConfigurationError))
+        assert harness.list() == []
 
     def test_probe_succeeds(self, transporter: Transporter) -> None:
         transporter.probe()
