@@ -56,6 +56,9 @@ _warned_no_document_root = False
 
 _CHARSET = re.compile(rb'^@charset "([^"]{1,40})";')
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+#: A run of name code points (escapes included), and a run of code points that start nothing we track.
+_NAME = re.compile(r"(?:[\w\-\u0080-\U0010ffff]|\\(?:.|\n)?)+")
+_BORING = re.compile(r"[^/\"'\\@()A-Za-z_\-\u0080-\U0010ffff]+")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _WHITESPACE = " \t\n\r\f"
 #: Code points that end an unquoted url( ) or make it a bad-url token (CSS Syntax 3, 4.3.6).
@@ -177,9 +180,7 @@ def find_urls(text: str) -> list[URLSpan]:
             paren_depth = max(0, paren_depth - 1)
             pos += 1
         elif _is_name_char(char) and not char.isdigit():
-            end = pos
-            while end < size and _is_name_char(text[end]):
-                end += 2 if text[end] == "\\" else 1
+            end = _NAME.match(text, pos).end()  # type: ignore[union-attr]  # char is a name char
             name = text[pos:end].lower()
             if end < size and text[end] == "(":
                 if name == "url":
@@ -195,7 +196,8 @@ def find_urls(text: str) -> list[URLSpan]:
                     continue
             pos = end
         else:
-            pos += 1
+            boring = _BORING.match(text, pos)  # runs of digits, punctuation, whitespace
+            pos = boring.end() if boring else pos + 1
     return spans
 
 
