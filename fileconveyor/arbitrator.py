@@ -21,6 +21,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import queue
 import shutil
 import threading
 import time
@@ -31,7 +32,7 @@ from fileconveyor.config import Config, Rule
 from fileconveyor.fsmonitor import Event, FSEvent, Monitor
 from fileconveyor.fsmonitor import get_monitor
 from fileconveyor.pipeline.queue import Item, PersistentPipeline, retry_delay
-from fileconveyor.pipeline.synced_files import SyncedFiles
+from fileconveyor.pipeline.synced_files import SyncedFile, SyncedFiles
 from fileconveyor.pipeline.workers import TransportTask, TransporterPool
 from fileconveyor.processors.base import (
     ProcessorChain,
@@ -58,6 +59,22 @@ WORK_DIR_PREFIX = "run-"
 class _Failure:
     kind: str
     reason: str
+
+
+@dataclasses.dataclass
+class _Record:
+    """A change to synced_files.db waiting for the recorder's next batch."""
+
+    action: str  # "record" or "remove"
+    job: "Job"
+    server: str
+    remote: str
+    basename: str | None = None
+    url: str | None = None
+    done_key: str | None = None
+
+
+RECORD_BATCH = 500
 
 
 class Job:
@@ -108,6 +125,8 @@ class Arbitrator:
         self.pools: dict[str, TransporterPool] = {}
         self.chains: dict[str, ProcessorChain] = {}
         self._dispatcher: threading.Thread | None = None
+        self._records: queue.Queue[_Record | None] = queue.Queue()
+        self._recorder: threading.Thread | None = None
         self._processors: concurrent.futures.ThreadPoolExecutor | None = None
 
     # --- life cycle -------------------------------------------------------------------------
@@ -137,6 +156,9 @@ class Arbitrator:
                 limit, slots, self._crash)
         self._processors = concurrent.futures.ThreadPoolExecutor(
             max_workers=s.MAX_SIMULTANEOUS_PROCESSORCHAINS, thread_name_prefix="processor")
+        self._recorder = threading.Thread(target=self._guarded, args=(self._record_loop,),
+                                          name="recorder", daemon=True)
+        self._recorder.start()
         self._dispatcher = threading.Thread(target=self._guarded, args=(self._dispatch_loop,),
                                             name="dispatcher", daemon=True)
         self._dispatcher.start()
@@ -169,6 +191,9 @@ class Arbitrator:
             pool.stop(max(0.0, deadline - time.monotonic()))
         if self._processors is not None:
             self._processors.shutdown(wait=False, cancel_futures=True)
+        if self._recorder is not None:
+            self._records.put(None)  # flush what finished transfers reported, then stop
+            self._recorder.join(max(1.0, deadline - time.monotonic()))
         with self._jobs_lock:
             left = len(self._jobs)
             self._jobs.clear()
@@ -376,21 +401,61 @@ class Arbitrator:
             log.warning("Upload of %s to %s failed: %s", job.path, server, error)
             job.finish_unit(_Failure(error.kind, f"{server}: {error}"))
             return
-        assert url is not None
-        old = self.synced.record(job.path, server, basename, url)
+        self._records.put(_Record("record", job, server, remote, basename, url, done_key))
+
+    def _record_loop(self) -> None:
+        """Write synced_files.db in batches: whatever finished while the last commit's fsync ran
+        goes into the next transaction. A file is completed only after its row is durable."""
+        assert self.synced is not None
+        while True:
+            first = self._records.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < RECORD_BATCH:
+                try:
+                    record = self._records.get_nowait()
+                except queue.Empty:
+                    break
+                if record is None:
+                    stop = True
+                    break
+                batch.append(record)
+            previous = self.synced.apply_many(
+                [(r.action, r.job.path, r.server, r.basename, r.url) for r in batch])
+            for record, old in zip(batch, previous):
+                try:
+                    self._recorded(record, old)
+                except Exception as error:  # noqa: BLE001 - one file's follow-up, not the daemon
+                    log.error("After recording %s on %s", record.job.path, record.server, exc_info=True)
+                    record.job.finish_unit(_Failure("retryable", f"unexpected {type(error).__name__}: {error}"))
+            if stop:
+                return
+
+    def _recorded(self, record: _Record, old: SyncedFile | None) -> None:
+        assert self.pipeline is not None
+        job, server = record.job, record.server
+        if record.action == "remove":
+            log.info("Deleted %s from %s (%s)", job.path, server, record.remote)
+            job.finish_unit()
+            return
+        assert record.basename is not None and record.url is not None
+        basename, url, remote = record.basename, record.url, record.remote
         log.info("Synced %s to %s: %s", job.path, server, url)
         if old is None or old.url != url:
             dependents = self.pipeline.dependents_of(job.path, server)
             if dependents:
                 log.info("Queueing %d file(s) that embed the URL of %s", len(dependents), job.path)
                 self.pipeline.put_many((d, Event.MODIFIED) for d in dependents if d != job.path)
+                self._wake.set()
         if old is not None and old.transported_file_basename != basename:
             old_remote = remote[: -len(basename)] + old.transported_file_basename
             job.add_pending()
             self.pools[server].submit(TransportTask(
                 "delete", old_remote, None,
                 lambda _url, delete_error: self._old_deleted(job, server, old_remote, delete_error)))
-        job.finish_unit(done_key=done_key)
+        job.finish_unit(done_key=record.done_key)
 
     def _old_deleted(self, job: Job, server: str, remote: str, error: TransporterError | None) -> None:
         if error is not None:
@@ -435,9 +500,7 @@ class Arbitrator:
             log.warning("Deletion of %r on %s failed: %s", remote, server, error)
             job.finish_unit(_Failure(error.kind, f"{server}: delete failed: {error}"))
             return
-        self.synced.remove(job.path, server)
-        log.info("Deleted %s from %s (%s)", job.path, server, remote)
-        job.finish_unit()
+        self._records.put(_Record("remove", job, server, remote))
 
     # --- the end of a path's trip ---------------------------------------------------------------
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -43,50 +44,59 @@ def read_pid(pid_file: str) -> int | None:
         return None
 
 
-def is_fileconveyor_process(pid: int) -> bool:
-    """Is `pid` alive and a File Conveyor (not another program that reused a stale PID)?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            cmdline = handle.read()
-    except OSError:
-        return True  # no /proc (macOS): trust the liveness check
-    return b"fileconveyor" in cmdline
-
-
 def running_pid(pid_file: str) -> int | None:
-    pid = read_pid(pid_file)
-    if pid is not None and pid != os.getpid() and is_fileconveyor_process(pid):
-        return pid
-    return None
+    """The PID of the daemon holding `pid_file`, or None when the file is stale or absent.
+
+    The daemon holds an exclusive flock on its PID file for as long as it runs, so liveness does not
+    depend on the PID (PIDs are reused quickly: pid_max is often 32768)."""
+    try:
+        fd = os.open(pid_file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return read_pid(pid_file) or -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+_pid_fd: int | None = None
 
 
 def write_pid_file(pid_file: str) -> None:
-    holder = running_pid(pid_file)
-    if holder is not None:
-        raise DaemonError(f"File Conveyor is already running with PID {holder} (PID file {pid_file}); "
-                          "stop it first with `fileconveyor stop`")
-    if os.path.exists(pid_file):
-        log.warning("Replacing stale PID file %s", pid_file)
+    """Create or take over `pid_file` (mode 0600), lock it for the life of this process, write our PID."""
+    global _pid_fd
     os.makedirs(os.path.dirname(os.path.abspath(pid_file)), exist_ok=True)
-    temporary = f"{pid_file}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(f"{os.getpid()}\n")
-    os.replace(temporary, pid_file)
+    fd = os.open(pid_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = read_pid(pid_file)
+        raise DaemonError(f"File Conveyor is already running with PID {holder} (PID file {pid_file}); "
+                          "stop it first with `fileconveyor stop`") from None
+    if os.fstat(fd).st_size:
+        log.warning("Replacing stale PID file %s", pid_file)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    os.fsync(fd)
+    _pid_fd = fd
 
 
 def remove_pid_file(pid_file: str) -> None:
-    if read_pid(pid_file) == os.getpid():
-        try:
-            os.unlink(pid_file)
-        except FileNotFoundError:
-            pass
+    global _pid_fd
+    if _pid_fd is None:
+        return
+    try:
+        os.unlink(pid_file)
+    except FileNotFoundError:
+        pass
+    os.close(_pid_fd)  # releases the lock
+    _pid_fd = None
 
 
 # --- foreground run ---------------------------------------------------------------------------
@@ -226,6 +236,9 @@ def stop_daemon(pid_file: str, timeout: float) -> int | None:
     pid = running_pid(pid_file)
     if pid is None:
         return None
+    if pid <= 0:
+        raise DaemonError(f"{pid_file} is locked by a running File Conveyor but holds no valid PID; "
+                          "find the process with `fuser` and stop it with SIGTERM")
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -70,6 +70,27 @@ class SyncedFiles:
                 (input_file, basename, url, server))
         return SyncedFile(*row) if row else None
 
+    def apply_many(self, operations: "list[tuple[str, str, str, str | None, str | None]]") -> list[SyncedFile | None]:
+        """Apply ("record", input_file, server, basename, url) and ("remove", input_file, server, None,
+        None) operations in ONE transaction (one fsync for the batch); returns each one's previous row.
+
+        Per-file commits in rollback-journal mode cost an fsync each (about 90 files/s here)."""
+        previous: list[SyncedFile | None] = []
+        with self.db.transaction() as conn:
+            for action, input_file, server, basename, url in operations:
+                row = conn.execute("SELECT input_file, transported_file_basename, url, server FROM synced_files "
+                                   "WHERE input_file = ? AND server = ?", (input_file, server)).fetchone()
+                previous.append(SyncedFile(*row) if row else None)
+                if action == "record":
+                    conn.execute(
+                        "INSERT INTO synced_files(input_file, transported_file_basename, url, server) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT(input_file, server) DO UPDATE SET "
+                        "transported_file_basename = excluded.transported_file_basename, url = excluded.url",
+                        (input_file, basename, url, server))
+                else:
+                    conn.execute("DELETE FROM synced_files WHERE input_file = ? AND server = ?", (input_file, server))
+        return previous
+
     def remove(self, input_file: str, server: str) -> None:
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM synced_files WHERE input_file = ? AND server = ?", (input_file, server))

@@ -129,7 +129,9 @@ class Daemon:
             os.close(read_end)
         if message.strip() != b"ready":
             self.kill()
-            raise AssertionError(f"daemon did not start: {message!r}; log:\n{self.log_tail()}")
+            holders = subprocess.run(["fuser", "-v", self.setup.pid_file], capture_output=True, text=True)
+            raise AssertionError(f"daemon did not start: {message!r}; PID file holders: {holders.stderr}"
+                                 f"{holders.stdout}; log:\n{self.log_tail()}")
         return self
 
     @property
