@@ -88,8 +88,12 @@ class UpgradeOptions:
 
 # --- reading the original's pickles -------------------------------------------------------------
 
-class _Refused(Exception):
+class RefusedItem(Exception):
     """One legacy row cannot be converted; the message is the reason for the report."""
+
+
+class _GlobalRefused(pickle.UnpicklingError):
+    """The pickle asked for a global (a class or function): never legitimate in the original's items."""
 
 
 class _LegacyUnpickler(pickle.Unpickler):
@@ -100,7 +104,7 @@ class _LegacyUnpickler(pickle.Unpickler):
     callable that only `find_class` can supply). Persistent ids are refused by the base class."""
 
     def find_class(self, module: str, name: str) -> type:
-        raise pickle.UnpicklingError(f"refused: the pickle asks for {module}.{name}, which no "
+        raise _GlobalRefused(f"refused: the pickle asks for {module}.{name}, which no "
                                      "item of the original File Conveyor contains")
 
 
@@ -109,46 +113,48 @@ def load_legacy_pickle(blob: bytes) -> object:
     stores no pickles). Python 2 `str` values come back as bytes (encoding="bytes"), never guessed."""
     try:
         return _LegacyUnpickler(io.BytesIO(blob), encoding="bytes").load()
-    except pickle.UnpicklingError as error:
-        raise _Refused(str(error)) from None
+    except _GlobalRefused as error:
+        raise RefusedItem(str(error)) from None
     except Exception as error:  # truncated or garbage blobs raise many types; all mean "refuse"
-        raise _Refused(f"not a readable pickle ({type(error).__name__}: {error})") from None
+        detail = " ".join(str(error).split())
+        raise RefusedItem(f"not a readable pickle ({type(error).__name__}: {detail})") from None
 
 
 def decode_legacy_path(value: object) -> tuple[str, str | None]:
-    """The path as text, plus a note when it was not stored as unicode.
+    """The path as text, plus a note for the report when it had to be guessed.
 
     Byte-string paths come from databases older than the original's unicode fix (#62). They are
-    decoded as UTF-8; if that fails, as Latin-1 (every byte maps to a character, so the path is kept
-    and can be checked by hand) with a note for the report."""
+    decoded as UTF-8 (silently: that is what the fix itself assumed, and an old database may hold
+    thousands); if that fails, as Latin-1 (every byte maps to a character, so the path is kept and
+    can be checked by hand; a tree renamed to UTF-8 with convmv since then is found again)."""
     if isinstance(value, str):
         text, note = value, None
     elif isinstance(value, bytes):
         try:
-            text, note = value.decode("utf-8"), "byte-string path decoded as UTF-8"
+            text, note = value.decode("utf-8"), None
         except UnicodeDecodeError:
             text, note = value.decode("latin-1"), "byte-string path is not UTF-8; decoded as Latin-1, check it"
     else:
-        raise _Refused(f"path is a {type(value).__name__}, not a string")
+        raise RefusedItem(f"path is a {type(value).__name__}, not a string")
     if not text:
-        raise _Refused("empty path")
+        raise RefusedItem("empty path")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise _Refused(f"path {text!r} contains lone surrogates and cannot be stored as text") from None
+        raise RefusedItem(f"path {text!r} contains lone surrogates and cannot be stored as text") from None
     return text, note
 
 
 def _legacy_pair(blob: object, value_types: tuple[type, ...], what: str) -> tuple[str, int | float, str | None]:
     if not isinstance(blob, bytes):
-        raise _Refused(f"item is stored as {type(blob).__name__}, not as a pickle blob")
+        raise RefusedItem(f"item is stored as {type(blob).__name__}, not as a pickle blob")
     item = load_legacy_pickle(blob)
     if not (isinstance(item, tuple) and len(item) == 2):
-        raise _Refused(f"item is {type(item).__name__} {_short(item)}, not a (path, {what}) tuple")
+        raise RefusedItem(f"item is {type(item).__name__} {_short(item)}, not a (path, {what}) tuple")
     raw_path, value = item
     # bool is an int subclass and protocol 2 has opcodes for it; the original never stored one.
     if isinstance(value, bool) or not isinstance(value, value_types):
-        raise _Refused(f"{what} is {_short(value)}, not a number")
+        raise RefusedItem(f"{what} is {_short(value)}, not a number")
     path, note = decode_legacy_path(raw_path)
     return path, value, note  # type: ignore[return-value]  # checked against value_types above
 
@@ -173,7 +179,7 @@ def map_legacy_event(value: int) -> tuple[Event, str | None]:
     try:
         return Event(value), None
     except ValueError:
-        raise _Refused(f"unknown event value {value} (known: 1 created, 2 modified, 4 deleted, "
+        raise RefusedItem(f"unknown event value {value} (known: 1 created, 2 modified, 4 deleted, "
                        f"{DELETE_OLD_FILE:#x} delete old file)") from None
 
 
@@ -319,7 +325,7 @@ def _read_events(conn: sqlite3.Connection, table: str, tables: dict[str, list[st
         try:
             path, value, note = legacy_event_item(blob)
             event, event_note = map_legacy_event(value)
-        except _Refused as refusal:
+        except RefusedItem as refusal:
             report.append(f"  refused {table} row {row_id}: {refusal}")
             continue
         for text in (note, event_note):
@@ -335,7 +341,7 @@ def _read_deletions(conn: sqlite3.Connection, tables: dict[str, list[str]],
     for row_id, blob in _legacy_rows(conn, "files_to_delete_list", tables):
         try:
             path, when, note = legacy_deletion_item(blob)
-        except _Refused as refusal:
+        except RefusedItem as refusal:
             report.append(f"  refused files_to_delete_list row {row_id}: {refusal}")
             continue
         if note:
@@ -550,12 +556,16 @@ def _backup(conn: sqlite3.Connection, path: str) -> str:
     return target
 
 
+def _in_use(path: str, error: sqlite3.Error) -> UpgradeError:
+    return UpgradeError(f"{path} is in use by another process ({error}); stop fileconveyor (and anything "
+                        "else using the file), then run the upgrade again")
+
+
 def _begin_exclusive(conn: sqlite3.Connection, path: str) -> None:
     try:
         conn.execute("BEGIN EXCLUSIVE")
     except sqlite3.OperationalError as error:
-        raise UpgradeError(f"{path} is in use by another process ({error}); stop fileconveyor (and anything "
-                           "else using the file), then run the upgrade again") from None
+        raise _in_use(path, error) from None
 
 
 def _upgrade_file(path: str, kind: _Kind, options: UpgradeOptions) -> list[str]:
@@ -577,23 +587,24 @@ def _upgrade_file(path: str, kind: _Kind, options: UpgradeOptions) -> list[str]:
 
 def _upgrade_open_file(path: str, kind: _Kind, conn: sqlite3.Connection, header: str,
                        options: UpgradeOptions) -> list[str]:
-    _begin_exclusive(conn, path)
-    try:
-        version = kind.detect(path, conn)
-    finally:
-        conn.execute("ROLLBACK")
+    """Detect (no lock: a current database needs none, so re-running is harmless while the daemon
+    runs), make sure nobody else holds the file, back it up, then migrate under an exclusive lock."""
+    version = kind.detect(path, conn)
     if version is None:
         return [f"{header}: empty, nothing to do"]
     if version == CURRENT_VERSION:
         return [f"{header}: already current (schema {CURRENT_VERSION})"]
+    _begin_exclusive(conn, path)
+    conn.execute("ROLLBACK")
     data_version = conn.execute("PRAGMA data_version").fetchone()[0]
     backup = _backup(conn, path)
     report = [f"{header}: schema {version} -> {CURRENT_VERSION}; backup: {backup}"]
     _begin_exclusive(conn, path)
     try:
-        if conn.execute("PRAGMA data_version").fetchone()[0] != data_version:
+        if (conn.execute("PRAGMA data_version").fetchone()[0] != data_version
+                or kind.detect(path, conn) != version):
             raise UpgradeError(f"{path} was changed by another process during the upgrade; stop fileconveyor, "
-                               "then run the upgrade again (nothing was changed)")
+                               "then run the upgrade again (the file was not changed by the upgrade)")
         while version < CURRENT_VERSION:
             kind.migrations[version](conn, report, options)
             version += 1
@@ -620,6 +631,8 @@ def _refuse_newer_files(paths: Sequence[tuple[str, _Kind]]) -> None:
             finally:
                 conn.close()
         except sqlite3.Error as error:
+            if "locked" in str(error):
+                raise _in_use(path, error) from None
             raise UpgradeError(f"cannot read {path}: {error}; nothing was changed") from None
         _refuse_newer(kind.label, path, version)
 
