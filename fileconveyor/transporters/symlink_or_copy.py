@@ -66,6 +66,7 @@ class SymlinkOrCopyTransporter(Transporter):
         temporary = os.path.join(directory, f".{basename[:200]}.fctmp-{uuid.uuid4().hex[:12]}")
         try:
             if self._is_source_file(local_path):
+                os.stat(local_path)  # a vanished source must not become a dangling link
                 os.symlink(os.path.abspath(local_path), temporary)
             else:
                 self._copy(local_path, temporary)

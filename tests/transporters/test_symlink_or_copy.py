@@ -85,14 +85,7 @@ class TestSymlinkOrCopyCopying(TransporterConformance):
 
 
 class TestSymlinkOrCopyLinking(TransporterConformance):
-    known_gaps = {
-        **_GAPS,
-        # Found by this suite: linking does not check that the source exists, so a vanished
-        # source becomes a dangling symlink and upload() returns a URL that 404s. Reported to
-        # the owner of symlink_or_copy.py; remove this entry when it raises instead.
-        "test_missing_local_file_is_not_a_server_problem":
-            "BUG: a vanished source is published as a dangling symlink",
-    }
+    known_gaps = _GAPS
 
     @pytest.fixture
     def harness(self, tmp_path: pathlib.Path) -> SymlinkOrCopyHarness:
