@@ -214,14 +214,14 @@ class TCPProxy:
     threads; when either side closes, both sockets are closed and both threads end."""
 
     def __init__(self, upstream_port: int, rate: float = 0.0, delay: float = 0.0,
-                 chunk: int = 64 * 1024) -> None:
+                 chunk: int = 64 * 1024, listen_port: int = 0) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
         self.rate = rate
         self.delay = delay
         self.chunk = chunk
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind(("127.0.0.1", listen_port))
         self._listener.listen(512)
         self.port = int(self._listener.getsockname()[1])
         self.endpoint = f"http://127.0.0.1:{self.port}"
