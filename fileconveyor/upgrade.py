@@ -35,11 +35,16 @@ Why it is shaped like this:
   pending deletion of a remote file's OLD processed name, carried as `dirname(source)/old_basename`.
   The current daemon has no such pseudo-event and no record of which server held that name, so it
   becomes MODIFIED for that path: if such a file exists it is synced again, otherwise the daemon
-  treats it as gone. The old remote copy may stay on the server; each such row gets a report line
+  skips it (a MODIFIED path that is no file is dropped by the arbitrator's planning). The old remote copy may stay on the server; each such row gets a report line
   so the user can remove it by hand. Unknown event values are refused and reported, never guessed.
 * **synced_files.db** keeps its table (the Drupal CDN module reads it) and is migrated IN PLACE, not
   copied: its rowids are its order, which the module's server selection depends on. For the same
   reason it is not VACUUMed (VACUUM may renumber rowids of a table without an INTEGER PRIMARY KEY).
+* **fsmonitor.db** is converted against `fileconveyor.fsmonitor.pathscanner`'s own DDL; why each
+  file is stat()ed during the upgrade instead of converting seconds blindly is in
+  `convert_pathscanner_row`.
+* **Locks.** Detection takes no lock, so "already current" is answered even while a daemon runs;
+  a file that needs migrating must not be held by anyone (BEGIN EXCLUSIVE, LOCK_TIMEOUT_SECONDS).
 """
 from __future__ import annotations
 
@@ -111,6 +116,8 @@ class _LegacyUnpickler(pickle.Unpickler):
 def load_legacy_pickle(blob: bytes) -> object:
     """Unpickle one blob of the ORIGINAL File Conveyor's state (legacy data only: this project
     stores no pickles). Python 2 `str` values come back as bytes (encoding="bytes"), never guessed."""
+    # The ONLY unpickling in this project, and for LEGACY data only: the original File Conveyor's
+    # rows, read once to convert them. Our own state never holds pickles (DESIGN.md section 5).
     try:
         return _LegacyUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except _GlobalRefused as error:
@@ -683,7 +690,8 @@ def _database_paths(args: argparse.Namespace) -> tuple[str, str, str]:
     Raises ConfigError/SettingError/OSError for a config that cannot be read."""
     from fileconveyor import settings as settings_module
 
-    explicit = (args.persistent_data_db, args.synced_files_db, args.fsmonitor_db)
+    explicit = tuple(os.path.abspath(p) if p else None
+                     for p in (args.persistent_data_db, args.synced_files_db, args.fsmonitor_db))
     if all(explicit):
         return explicit  # type: ignore[return-value]
     if args.config:
@@ -692,9 +700,8 @@ def _database_paths(args: argparse.Namespace) -> tuple[str, str, str]:
         settings = load_config(args.config).settings
     else:
         settings = settings_module.defaults(os.getcwd())
-    return (args.persistent_data_db or settings.PERSISTENT_DATA_DB,
-            args.synced_files_db or settings.SYNCED_FILES_DB,
-            args.fsmonitor_db or settings.FSMONITOR_DB)
+    return (explicit[0] or settings.PERSISTENT_DATA_DB, explicit[1] or settings.SYNCED_FILES_DB,
+            explicit[2] or settings.FSMONITOR_DB)
 
 
 def main(argv: list[str] | None = None) -> int:
