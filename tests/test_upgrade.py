@@ -453,3 +453,19 @@ def test_a_current_database_is_reported_without_waiting_for_a_running_daemon(fil
             assert files.upgrade()[0].endswith("already current (schema 2)")
     finally:
         pipeline.close()
+
+
+def test_a_write_between_backup_and_migration_stops_the_upgrade(files, monkeypatch):
+    create_persistent_data(files.persistent, [("/s/a", 1)])
+    real_backup = upgrade._backup
+
+    def backup_then_someone_writes(conn: sqlite3.Connection, path: str) -> str:
+        target = real_backup(conn, path)
+        with sqlite3.connect(path) as other:
+            other.execute("INSERT INTO pipeline_queue(item, key) VALUES (?, 'k')", (original_pickle(("/s/b", 1)),))
+        return target
+
+    monkeypatch.setattr(upgrade, "_backup", backup_then_someone_writes)
+    with pytest.raises(UpgradeError, match="changed by another process during the upgrade"):
+        files.upgrade()
+    assert user_version(files.persistent) == 0
