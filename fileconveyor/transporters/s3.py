@@ -757,17 +757,18 @@ class S3Transporter(Transporter):
                     try:
                         number, etag = future.result()
                         etags[number] = etag
-                    except TransporterError as error:
+                    except Exception as failure:  # classified; the other parts stop
                         stop.set()
-                        errors.append(error)
+                        errors.append(failure if isinstance(failure, TransporterError) else
+                                      RetryableError(f"uploading a part of {key!r}: {failure}"))
         finally:
             os.close(fd)
         if errors:
             # The most severe error decides what the pipeline does with the file.
             for kind in (ConfigurationError, PermanentError, ServerUnavailableError):
-                for error in errors:
-                    if isinstance(error, kind):
-                        raise error
+                for candidate in errors:
+                    if isinstance(candidate, kind):
+                        raise candidate
             raise errors[0]
         return etags
 
