@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -191,6 +192,9 @@ class Arbitrator:
             pool.stop(max(0.0, deadline - time.monotonic()))
         if self._processors is not None:
             self._processors.shutdown(wait=False, cancel_futures=True)
+        image_optimizer = sys.modules.get("fileconveyor.processors.image_optimizer")
+        if image_optimizer is not None:
+            image_optimizer.shutdown_workers()
         if self._recorder is not None:
             self._records.put(None)  # flush what finished transfers reported, then stop
             self._recorder.join(max(1.0, deadline - time.monotonic()))
@@ -343,7 +347,8 @@ class Arbitrator:
         context = ProcessorContext(
             original_file=job.path, document_root=source.document_root, base_path=source.base_path,
             server=server, working_dir=work_dir,
-            synced_url=lambda input_file, server=server: synced.url(input_file, server))
+            synced_url=lambda input_file, server=server: synced.url(input_file, server),
+            will_be_synced=lambda input_file, server=server: self._will_be_synced(input_file, server))
         job.add_pending()
 
         def run() -> None:
@@ -370,6 +375,12 @@ class Arbitrator:
                 job.finish_unit()
 
         self._processors.submit(self._guarded_unit, job, run)
+
+    def _will_be_synced(self, path: str, server: str | None) -> bool:
+        for rule in routing.matching_rules(self.config, path, is_deleted=True):
+            if server is None or any(d.server == server for d in rule.destinations):
+                return True
+        return False
 
     def _guarded_unit(self, job: Job, body) -> None:
         try:
@@ -522,7 +533,10 @@ class Arbitrator:
                 else:
                     delay = retry_delay(attempts, s.RETRY_INTERVAL, s.RETRY_MAX_INTERVAL)
                 failed = self.pipeline.fail(job.item, kind, reason, delay, job.done)
-                if failed is not None:
+                if failed is not None and kind == "waiting":
+                    log.info("%s waits for files it references (%s); next try in %.0f s at the latest",
+                             job.path, reason, delay)
+                elif failed is not None:
                     log.warning("Sync of %s failed (attempt %d, %s): %s; next try in %.0f s",
                                 job.path, attempts, kind, reason, delay)
         finally:

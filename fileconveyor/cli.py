@@ -229,9 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", parents=[common], help="check that every synced file is at its destination")
     p.add_argument("--requeue", action="store_true", help="queue the missing files again")
     p.set_defaults(func=cmd_verify)
-    p = sub.add_parser("upgrade", parents=[common], help="bring state databases to the current schema")
-    p.add_argument("upgrade_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_upgrade)
+    p = sub.add_parser("upgrade", parents=[common],
+                       help="bring state databases to the current schema (--resync-all, --*-db: see "
+                            "python -m fileconveyor.upgrade --help)")
+    p.set_defaults(func=cmd_upgrade, upgrade_args=[])
     p = sub.add_parser("check-config", parents=[common], help="validate config.xml; exit 2 on errors")
     p.add_argument("file", nargs="?", default=None, help="config file (default: --config)")
     p.set_defaults(func=cmd_check_config)
@@ -244,7 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fileconveyor.processors.base import ProcessorNotFound, ProcessorUnavailable
     from fileconveyor.transporters.base import TransporterNotFound
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "upgrade":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.upgrade_args = unknown
     try:
         return args.func(args)
     except ConfigError as error:

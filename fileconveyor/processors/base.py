@@ -67,6 +67,9 @@ class ProcessorContext:
     working_dir: str
     #: URL of a source file on `server` (or any server when `server` is None), from synced_files.db.
     synced_url: Callable[[str], "str | None"] = lambda input_file: None
+    #: Will this source file be synced to `server` at all (some rule matches it and sends it
+    #: there)? A file that never will is not worth waiting for.
+    will_be_synced: Callable[[str], bool] = lambda input_file: True
     #: Absolute paths of files whose URLs the output embeds (filled by processors such as the CSS
     #: URL updater); when one of them is synced again under a new URL, this file is queued again.
     dependencies: set[str] = dataclasses.field(default_factory=set)

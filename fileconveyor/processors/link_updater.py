@@ -329,6 +329,10 @@ class CSSURLUpdater(Processor):
             return None
         synced = self.context.synced_url(file_path)
         if synced is None:
+            if not self.context.will_be_synced(file_path):
+                log.debug("%s: %r refers to %s, which no rule syncs to %s; left unchanged",
+                          self.context.original_file, url, file_path, self.context.server)
+                return None
             waiting.add(file_path)
             return None
         return synced + suffix

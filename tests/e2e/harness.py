@@ -130,8 +130,10 @@ class Daemon:
         if message.strip() != b"ready":
             self.kill()
             holders = subprocess.run(["fuser", "-v", self.setup.pid_file], capture_output=True, text=True)
-            raise AssertionError(f"daemon did not start: {message!r}; PID file holders: {holders.stderr}"
-                                 f"{holders.stdout}; log:\n{self.log_tail()}")
+            holder_lines = [line for line in (holders.stderr + holders.stdout).splitlines()
+                            if "Cannot stat" not in line]
+            raise AssertionError(f"daemon did not start: {message!r}; PID file holders: {holder_lines}; "
+                                 f"log:\n{self.log_tail()}")
         return self
 
     @property

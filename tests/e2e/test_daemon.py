@@ -240,3 +240,52 @@ def test_unexpected_exception_in_a_thread_restarts_the_daemon(tmp_path):
         wait_in_sync(setup, daemon)
         assert daemon.process.poll() is None
         assert daemon.terminate() == 0
+
+
+def test_two_rules_sending_a_file_to_the_same_place_upload_it_once(tmp_path):
+    setup = write_config(tmp_path, processors=COPY)
+    config = open(setup.config, encoding="utf-8").read().replace(
+        "</rules>", '<rule for="site" label="css too"><filter><extensions>css</extensions></filter>'
+        '<destinations><destination server="local"/></destinations></rule></rules>')
+    open(setup.config, "w", encoding="utf-8").write(config)
+    checked = cli("check-config", "--config", setup.config)
+    assert checked.returncode == 0 and "warning" in checked.stderr
+    write(os.path.join(setup.source, "a.css"), "a{}")
+    with Daemon(setup) as daemon:
+        wait_in_sync(setup, daemon)
+        uploads = [line for line in open(setup.log_file) if "Synced " in line and "a.css" in line]
+        assert len(uploads) == 1, uploads
+        assert daemon.terminate() == 0
+
+
+def test_sighup_reopens_the_log_file(tmp_path):
+    setup = write_config(tmp_path)
+    with Daemon(setup) as daemon:
+        os.rename(setup.log_file, setup.log_file + ".1")  # what logrotate does
+        daemon.process.send_signal(1)
+        wait_for(lambda: os.path.exists(setup.log_file), what="log file reopened")
+        write(os.path.join(setup.source, "after-rotation.txt"), "x")
+        wait_for(lambda: "after-rotation.txt" in open(setup.log_file).read(), what="new lines in the new file")
+        assert daemon.terminate() == 0
+
+
+def test_upgrade_command_converts_an_original_state_directory(tmp_path):
+    setup = write_config(tmp_path)
+    import sqlite3
+    conn = sqlite3.connect(setup.db("synced_files.db"))
+    conn.execute("CREATE TABLE synced_files(input_file text, transported_file_basename text, url text, server text)")
+    conn.execute("INSERT INTO synced_files VALUES (?, 'a.txt', 'http://x/a.txt', 'local')",
+                 (os.path.join(setup.source, "a.txt"),))
+    conn.commit()
+    conn.close()
+    refused = subprocess.run([sys.executable, "-m", "fileconveyor", "run", "--config", setup.config],
+                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=60)
+    assert refused.returncode == 1 and "fileconveyor upgrade" in refused.stderr
+    upgraded = cli("upgrade", "--config", setup.config)
+    assert upgraded.returncode == 0, upgraded.stderr
+    again = cli("upgrade", "--config", setup.config)
+    assert again.returncode == 0
+    write(os.path.join(setup.source, "a.txt"), "a")
+    with Daemon(setup) as daemon:
+        wait_in_sync(setup, daemon)
+        assert daemon.terminate() == 0
