@@ -31,9 +31,13 @@ What it measures, and how (figures only; nothing passes or fails):
   the log (polled every 20 ms), beside `find TREE -type f` (lines counted here) on the same, warm
   tree. The daemon's own "X s" is printed too.
 * Peak RSS: VmHWM from /proc/PID/status at the end of each phase.
-* With py-spy installed (pip install py-spy) and without --no-profile, one more copy-mode initial
-  sync runs under `py-spy record --format raw --nonblocking`; the top frames (self and inclusive
-  samples) are printed and the raw profile is kept in the work directory.
+* Load: the 1-minute load average when each figure was taken; on a busy machine (tests running
+  beside the benchmark) every figure above is slower than the daemon can be, cp and rsync too.
+* With py-spy installed (pip install py-spy) and without --no-profile, one more initial sync per
+  mode (symlink, copy) runs under `py-spy record --format raw --nonblocking --threads` (CPU
+  samples, idle threads left out) with a `py-spy dump` of every thread at a third of the way; the
+  top frames (per thread, self and inclusive samples) are printed and the raw files are kept in
+  the work directory while it is kept (--keep).
 
 Everything happens below one temporary directory (removed at the end unless --keep); no network.
 """
@@ -93,6 +97,8 @@ class Row:
     cpu: float | None = None
     rss_mib: float | None = None
     note: str = ""
+    #: 1-minute load average when the figure was taken: other work on the machine skews it.
+    load: float = dataclasses.field(default_factory=lambda: os.getloadavg()[0])
 
     @property
     def rate(self) -> float | None:
@@ -115,7 +121,7 @@ def format_row(row: Row) -> str:
     def fmt(value: float | None, spec: str) -> str:
         return format(value, spec) if value is not None else "-"
     return (f"{fmt(row.files, ',d'):>9} {fmt(row.seconds, '.2f'):>9} {fmt(row.rate, ',.0f'):>9} "
-            f"{fmt(row.cpu, '.2f'):>8} {fmt(row.rss_mib, '.1f'):>8}  {row.note}")
+            f"{fmt(row.cpu, '.2f'):>8} {fmt(row.rss_mib, '.1f'):>8} {row.load:>5.1f}  {row.note}")
 
 
 # --- baselines ------------------------------------------------------------------------------------
@@ -370,21 +376,22 @@ def summarise_profile(path: str, top: int = 15) -> list[str]:
     return lines
 
 
-def profile(results: Results, work: str, tree: str, files: int, timeout: float) -> None:
+def profile(results: Results, work: str, tree: str, files: int, timeout: float, copy: bool) -> None:
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         results.extra.append("profile: py-spy is not installed (pip install py-spy); skipped")
         return
-    variant = Variant("copy, MFP 50 (defaults), under py-spy", copy=True)
-    output = os.path.join(work, "profile-copy.txt")
-    dump = os.path.join(work, "dump-copy.txt")
+    mode = "copy" if copy else "symlink"
+    variant = Variant(f"{mode}, MFP 50 (defaults), under py-spy", copy=copy)
+    output = os.path.join(work, f"profile-{mode}.txt")
+    dump = os.path.join(work, f"dump-{mode}.txt")
 
     setup = configure(os.path.join(work, "run-profile"), variant)
     with borrowed_tree(tree, setup):
         profile_run(results, setup, variant, files, timeout, py_spy, output, dump)
     shutil.rmtree(setup.root, ignore_errors=True)
     if os.path.exists(output):
-        results.extra.append(f"profile of a copy-mode initial sync ({output}; thread dump at a third: {dump}):")
+        results.extra.append(f"profile of a {mode}-mode initial sync ({output}; thread dump at a third: {dump}):")
         results.extra += ["  " + line for line in summarise_profile(output)]
 
 
@@ -435,7 +442,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rescan-files", type=int, default=None, help="rescan tree size (100,000; 0 skips)")
     parser.add_argument("--idle-seconds", type=float, default=None, help="idle CPU window (30 s)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 / 200 / 10,000, idle 5 s")
-    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy run")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
     parser.add_argument("--sync-timeout", type=float, default=900.0, help="deadline of each sync (s)")
     parser.add_argument("--dir", default=None, help="parent of the work directory (default: $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -454,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     results = Results()
     print(f"work directory {work}; {os.cpu_count()} cores; Python {sys.version.split()[0]}", flush=True)
     print(f"  {'phase':<14} {'contender':<38} {'files':>9} {'seconds':>9} {'files/s':>9} {'CPU s':>8} "
-          f"{'RSS MiB':>8}  note", flush=True)
+          f"{'RSS MiB':>8} {'load':>5}  note", flush=True)
     try:
         source = os.path.join(work, "tree")
         size = build_tree(source, args.files)
@@ -482,10 +489,11 @@ def main(argv: list[str] | None = None) -> int:
             except BenchError as error:
                 results.add(Row("initial sync", f"fileconveyor {variant.label}", note=f"FAILED: {error}"))
         if not args.no_profile:
-            try:
-                profile(results, work, source, args.files, args.sync_timeout)
-            except BenchError as error:
-                results.extra.append(f"profile failed: {error}")
+            for copy in (False, True):
+                try:
+                    profile(results, work, source, args.files, args.sync_timeout, copy)
+                except BenchError as error:
+                    results.extra.append(f"profile failed: {error}")
         if args.rescan_files:
             try:
                 rescan(results, work, args.rescan_files, args.sync_timeout)
@@ -498,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"File Conveyor core benchmark: {os.cpu_count()} cores, servers: one symlink_or_copy "
           f"(maxConnections 4), MFP = MAX_FILES_IN_PIPELINE")
     print(f"{'phase':<14} {'contender':<46} {'files':>9} {'seconds':>9} {'files/s':>9} {'CPU s':>8} "
-          f"{'RSS MiB':>8}  note")
+          f"{'RSS MiB':>8} {'load':>5}  note")
     for row in results.rows:
         print(f"{row.phase:<14} {row.contender:<46} " + format_row(row))
     print()
