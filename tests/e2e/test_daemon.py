@@ -93,7 +93,8 @@ def test_modified_file_with_a_new_unique_name_replaces_its_old_copy(tmp_path):
     path = os.path.join(setup.source, "css", "site.css")
     write(path, "body{}")
     with Daemon(setup) as daemon:
-        wait_for(lambda: len(os.listdir(setup.dest + "/css")) == 1 if os.path.isdir(setup.dest + "/css") else False)
+        wait_for(lambda: len(query(setup.db("synced_files.db"), "SELECT url FROM synced_files")) == 1,
+                 what="first sync recorded")
         [(rowid, first_url)] = query(setup.db("synced_files.db"), "SELECT rowid, url FROM synced_files")
         write(path, "body{color:red}")
         wait_for(lambda: query(setup.db("synced_files.db"), "SELECT url FROM synced_files")[0][0] != first_url,
