@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -149,11 +150,11 @@ class Arbitrator:
         roots = tuple(src.scan_path for src in self.config.sources.values())
         state_dir = os.path.join(os.path.dirname(os.path.abspath(s.PERSISTENT_DATA_DB)), "transporter_state")
         for server in self.config.servers.values():
-            cls = resolve_transporter(server.transporter)
+            transporter_class = resolve_transporter(server.transporter)
             context = TransporterContext(server_name=server.name, state_dir=state_dir, source_roots=roots)
             limit = min(server.max_connections or s.MAX_SIMULTANEOUS_TRANSPORTERS, s.MAX_SIMULTANEOUS_TRANSPORTERS)
             self.pools[server.name] = TransporterPool(
-                server.name, lambda cls=cls, server=server, context=context: cls(server.settings, context),
+                server.name, functools.partial(transporter_class, server.settings, context),
                 limit, slots, self._crash)
         self._processors = concurrent.futures.ThreadPoolExecutor(
             max_workers=s.MAX_SIMULTANEOUS_PROCESSORCHAINS, thread_name_prefix="processor")
@@ -347,8 +348,8 @@ class Arbitrator:
         context = ProcessorContext(
             original_file=job.path, document_root=source.document_root, base_path=source.base_path,
             server=server, working_dir=work_dir,
-            synced_url=lambda input_file, server=server: synced.url(input_file, server),
-            will_be_synced=lambda input_file, server=server: self._will_be_synced(input_file, server))
+            synced_url=functools.partial(synced.url, server=server),
+            will_be_synced=functools.partial(self._will_be_synced, server=server))
         job.add_pending()
 
         def run() -> None:
@@ -402,11 +403,10 @@ class Arbitrator:
             job.add_pending()
             self.pools[destination.server].submit(TransportTask(
                 "upload", remote, output,
-                lambda url, error, server=destination.server, remote=remote, done_key=done_key:
-                    self._uploaded(job, server, remote, basename, url, error, done_key)))
+                functools.partial(self._uploaded, job, destination.server, remote, basename, done_key)))
 
-    def _uploaded(self, job: Job, server: str, remote: str, basename: str, url: str | None,
-                  error: TransporterError | None, done_key: str) -> None:
+    def _uploaded(self, job: Job, server: str, remote: str, basename: str, done_key: str, url: str | None,
+                  error: TransporterError | None) -> None:
         assert self.synced is not None and self.pipeline is not None
         if error is not None:
             log.warning("Upload of %s to %s failed: %s", job.path, server, error)
@@ -465,10 +465,11 @@ class Arbitrator:
             job.add_pending()
             self.pools[server].submit(TransportTask(
                 "delete", old_remote, None,
-                lambda _url, delete_error: self._old_deleted(job, server, old_remote, delete_error)))
+                functools.partial(self._old_deleted, job, server, old_remote)))
         job.finish_unit(done_key=record.done_key)
 
-    def _old_deleted(self, job: Job, server: str, remote: str, error: TransporterError | None) -> None:
+    def _old_deleted(self, job: Job, server: str, remote: str, _url: str | None,
+                     error: TransporterError | None) -> None:
         if error is not None:
             # The new file is recorded; retrying the whole file would not retry this deletion, so
             # it is reported instead of failing the file.
@@ -503,9 +504,10 @@ class Arbitrator:
                 job.add_pending()
                 self.pools[row.server].submit(TransportTask(
                     "delete", remote, None,
-                    lambda _url, error, server=row.server, remote=remote: self._deleted(job, server, remote, error)))
+                    functools.partial(self._deleted, job, row.server, remote)))
 
-    def _deleted(self, job: Job, server: str, remote: str, error: TransporterError | None) -> None:
+    def _deleted(self, job: Job, server: str, remote: str, _url: str | None,
+                 error: TransporterError | None) -> None:
         assert self.synced is not None
         if error is not None:
             log.warning("Deletion of %r on %s failed: %s", remote, server, error)

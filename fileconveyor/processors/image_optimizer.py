@@ -298,6 +298,7 @@ class Base(Processor):
             data = handle.read()
         kind = sniff_format(data[:16])
         basename = os.path.basename(input_file)
+        result: bytes | None
         try:
             if kind == "jpeg":
                 result, out_name = self._jpeg(input_file, data), basename

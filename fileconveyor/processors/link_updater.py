@@ -101,7 +101,7 @@ def _scan_string(text: str, pos: int) -> tuple[str, int, bool]:
     """The string whose opening quote is at `pos`: (decoded value, position after it, well-formed)."""
     quote = text[pos]
     pos += 1
-    value = []
+    value: list[str] = []
     size = len(text)
     while pos < size:
         char = text[pos]
@@ -211,19 +211,19 @@ def _scan_url_function(text: str, pos: int) -> tuple[URLSpan | None, int]:
         if closed and text[end - 1:end] == text[start] and close < size and text[close] == ")":
             return URLSpan(start + 1, end - 1, value, text[start]), close + 1
         return None, end  # not a plain url("..."): leave it to the main loop
-    value = []
+    chars: list[str] = []
     cur = start
     while cur < size:
         char = text[cur]
         if char == ")":
-            if not value:
+            if not chars:
                 return None, cur + 1
-            return URLSpan(start, cur, "".join(value), ""), cur + 1
+            return URLSpan(start, cur, "".join(chars), ""), cur + 1
         if char in _WHITESPACE:
             end = cur
             cur = _skip_whitespace(text, cur)
             if cur < size and text[cur] == ")":
-                return URLSpan(start, end, "".join(value), ""), cur + 1
+                return URLSpan(start, end, "".join(chars), ""), cur + 1
             break
         if char in _BAD_IN_UNQUOTED:
             break
@@ -231,9 +231,9 @@ def _scan_url_function(text: str, pos: int) -> tuple[URLSpan | None, int]:
             if cur + 1 < size and text[cur + 1] in "\n\r\f":
                 break
             decoded, cur = _consume_escape(text, cur + 1)
-            value.append(decoded)
+            chars.append(decoded)
             continue
-        value.append(char)
+        chars.append(char)
         cur += 1
     # A bad url: skip to the closing parenthesis (or EOF), honouring escapes, as CSS does.
     while cur < size and text[cur] != ")":

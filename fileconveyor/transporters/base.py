@@ -24,6 +24,7 @@ import abc
 import dataclasses
 import importlib
 import posixpath
+import types
 import urllib.parse
 from typing import ClassVar, Mapping
 
@@ -224,12 +225,13 @@ def resolve_transporter(name: str) -> type[Transporter]:
                 f"transporter {name!r} needs a package that is not installed ({error}); "
                 f"install it with: {hint}") from None
         return _class_from_module(module, name)
+    third_party: types.ModuleType | None
     try:
-        module = importlib.import_module(canonical)
+        third_party = importlib.import_module(canonical)
     except ImportError:
-        module = None
-    if module is not None:
-        return _class_from_module(module, name)
+        third_party = None
+    if third_party is not None:
+        return _class_from_module(third_party, name)
     module_name, _, class_name = canonical.rpartition(".")
     if module_name:
         try:

@@ -28,7 +28,7 @@ import hashlib
 import logging
 import mimetypes
 import urllib.parse
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import requests
 import swiftclient.client
@@ -96,7 +96,7 @@ class CloudFilesTransporter(Transporter):
         "public",
     })
     required_settings = frozenset({"username", "api_key", "container"})
-    default_settings: Mapping[str, str] = {
+    default_settings: ClassVar[Mapping[str, str]] = {
         "auth_url": RACKSPACE_AUTH_URL, "auth_version": "1", "public": "false",
     }
 

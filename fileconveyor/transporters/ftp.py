@@ -32,7 +32,7 @@ import secrets
 import socket
 import ssl
 import urllib.parse
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 from fileconveyor.transporters.base import (
     ConfigurationError,
@@ -90,7 +90,7 @@ class FTPTransporter(Transporter):
         "ca_file",
     })
     required_settings = frozenset({"host", "username", "password", "url"})
-    default_settings: Mapping[str, str] = {
+    default_settings: ClassVar[Mapping[str, str]] = {
         "port": "21", "path": "", "passive": "true", "tls": "false", "tls_verify": "true",
         "ca_file": "",
     }
@@ -364,7 +364,7 @@ class FTPTransporter(Transporter):
             except BaseException:
                 try:
                     ftp.delete(temp)
-                except (ftplib.Error, *_CONNECTION_ERRORS):
+                except (ftplib.Error,) + _CONNECTION_ERRORS:
                     pass
                 raise
             self._orphans.discard(temp)

@@ -35,7 +35,7 @@ import socket
 import stat
 import threading
 import urllib.parse
-from typing import Callable, Mapping, TypeVar
+from typing import Callable, ClassVar, Mapping, TypeVar
 
 import paramiko
 
@@ -139,7 +139,7 @@ class SFTPTransporter(Transporter):
         "known_hosts", "accept_new_host_key", "ssh_config",
     })
     required_settings = frozenset({"host", "url"})
-    default_settings: Mapping[str, str] = {
+    default_settings: ClassVar[Mapping[str, str]] = {
         "port": "22", "path": "", "known_hosts": "~/.ssh/known_hosts",
         "accept_new_host_key": "false", "ssh_config": "~/.ssh/config",
     }
@@ -203,7 +203,8 @@ class SFTPTransporter(Transporter):
         username = (self.settings.get("username", "").strip() or str(config.get("user", ""))
                     or getpass.getuser())
         key = self.settings.get("key", "").strip()
-        identities = [key] if key else [str(p) for p in config.get("identityfile", []) or []]
+        configured = config.get("identityfile") or []
+        identities = [key] if key else [str(p) for p in configured]  # type: ignore[attr-defined]
         return hostname, int(str(port_text)), username, [os.path.expanduser(p) for p in identities]
 
     def _load_key(self, path: str, explicit: bool) -> paramiko.PKey | None:
@@ -433,7 +434,7 @@ class SFTPTransporter(Transporter):
             except BaseException:
                 try:
                     sftp.remove(temp)
-                except (IOError, *_CONNECTION_ERRORS):
+                except (IOError,) + _CONNECTION_ERRORS:
                     pass
                 raise
             self._orphans.discard(temp)
