@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import json
 import logging
 import os
 import queue
@@ -31,6 +32,7 @@ import uuid
 from typing import Sequence
 
 from fileconveyor.config import Config, Rule
+from fileconveyor.settings import Settings
 from fileconveyor.fsmonitor import Event, FSEvent, Monitor
 from fileconveyor.fsmonitor import get_monitor
 from fileconveyor.pipeline.queue import Item, PersistentPipeline, retry_delay
@@ -77,6 +79,11 @@ class _Record:
 
 
 RECORD_BATCH = 500
+
+
+def runtime_status_path(settings: Settings) -> str:
+    """Beside persistent_data.db: the running daemon's view of its servers and monitor."""
+    return os.path.join(os.path.dirname(os.path.abspath(settings.PERSISTENT_DATA_DB)), "fileconveyor.status.json")
 
 
 class Job:
@@ -129,6 +136,7 @@ class Arbitrator:
         self._dispatcher: threading.Thread | None = None
         self._records: queue.Queue[_Record | None] = queue.Queue()
         self._recorder: threading.Thread | None = None
+        self._last_status = ""
         self._processors: concurrent.futures.ThreadPoolExecutor | None = None
 
     # --- life cycle -------------------------------------------------------------------------
@@ -155,7 +163,7 @@ class Arbitrator:
             limit = min(server.max_connections or s.MAX_SIMULTANEOUS_TRANSPORTERS, s.MAX_SIMULTANEOUS_TRANSPORTERS)
             self.pools[server.name] = TransporterPool(
                 server.name, functools.partial(transporter_class, server.settings, context),
-                limit, slots, self._crash)
+                limit, slots, self._crash, on_state_change=self._wake.set)
         self._processors = concurrent.futures.ThreadPoolExecutor(
             max_workers=s.MAX_SIMULTANEOUS_PROCESSORCHAINS, thread_name_prefix="processor")
         self._recorder = threading.Thread(target=self._guarded, args=(self._record_loop,),
@@ -204,6 +212,10 @@ class Arbitrator:
             self._jobs.clear()
         if left:
             log.warning("%d file(s) still in flight at shutdown; they will be resumed at the next start", left)
+        try:
+            os.unlink(runtime_status_path(self.settings))
+        except OSError:
+            pass
         if self.pipeline is not None:
             counts = self.pipeline.counts()
             log.info("Stopped: %(waiting)d waiting, %(in_flight)d in flight, %(failed)d failed", counts)
@@ -262,6 +274,7 @@ class Arbitrator:
         s = self.settings
         while not self._stopping.is_set():
             self._wake.clear()
+            self._write_runtime_status()
             now = time.time()
             self.pipeline.requeue_due(now)
             self._delete_due_sources(now)
@@ -281,6 +294,34 @@ class Arbitrator:
             if items and len(items) == capacity:
                 continue  # more may be waiting; loop again without sleeping
             self._wake.wait(self._sleep_time())
+
+    def runtime_status(self) -> dict[str, object]:
+        """What only the running daemon knows: paused servers, the monitor's state."""
+        monitor = self.monitor
+        return {
+            "pid": os.getpid(),
+            "monitor": monitor.name if monitor is not None else None,
+            "polled_trees": sorted(getattr(monitor, "polled_trees", {}) or {}),
+            "overflows": getattr(monitor, "overflows", 0),
+            "servers": {name: {"paused": pool.paused_reason, "busy": pool.busy, "queued": pool.queued}
+                        for name, pool in self.pools.items()},
+        }
+
+    def _write_runtime_status(self) -> None:
+        """Publish runtime_status() for `fileconveyor status` (written only when it changed)."""
+        status = self.runtime_status()
+        summary = json.dumps({k: v for k, v in status.items() if k != "servers"} |
+                             {"paused": {n: s["paused"] for n, s in status["servers"].items()}},  # type: ignore[attr-defined]
+                             sort_keys=True)
+        if summary == self._last_status:
+            return
+        self._last_status = summary
+        path = runtime_status_path(self.settings)
+        temporary = f"{path}.tmp"
+        fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(status, handle, indent=1, sort_keys=True)
+        os.replace(temporary, path)
 
     def _sleep_time(self) -> float:
         assert self.pipeline is not None

@@ -144,6 +144,14 @@ def status_report(config: Config) -> dict[str, Any]:
     pid = running_pid(s.PID_FILE)
     if pid is not None:
         report.update(running=True, pid=pid)
+        from fileconveyor.arbitrator import runtime_status_path
+        try:
+            with open(runtime_status_path(s), encoding="utf-8") as handle:
+                runtime = json.load(handle)
+            if runtime.get("pid") == pid:
+                report["runtime"] = runtime
+        except (OSError, ValueError):
+            pass
     if os.path.exists(s.PERSISTENT_DATA_DB):
         pipeline = PersistentPipeline(s.PERSISTENT_DATA_DB)
         try:
@@ -174,6 +182,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     state = f"running (PID {report['pid']})" if report["running"] else "not running"
     print(f"File Conveyor is {state}")
+    runtime = report.get("runtime")
+    if runtime:
+        print(f"  monitor:   {runtime['monitor']}" + (f", {runtime['overflows']} event queue overflow(s) (rescanned)"
+                                                      if runtime.get("overflows") else ""))
+        for tree in runtime.get("polled_trees", []):
+            print(f"    polled (out of inotify watches): {tree}")
+        for server, state_ in sorted(runtime.get("servers", {}).items()):
+            if state_.get("paused"):
+                print(f"  server {server} is PAUSED ({state_['queued']} queued): {state_['paused']}")
     print(f"  waiting:   {report['waiting']}")
     print(f"  in flight: {report['in_flight']}")
     print(f"  failed:    {report['failed']}")

@@ -43,12 +43,14 @@ class TransportTask:
 
 class TransporterPool:
     def __init__(self, server: str, factory: Callable[[], Transporter], max_connections: int,
-                 global_slots: threading.BoundedSemaphore, on_crash: Callable[[BaseException], None]) -> None:
+                 global_slots: threading.BoundedSemaphore, on_crash: Callable[[BaseException], None],
+                 on_state_change: Callable[[], None] = lambda: None) -> None:
         self.server = server
         self._factory = factory
         self._limit = max_connections
         self._global_slots = global_slots
         self._on_crash = on_crash
+        self._on_state_change = on_state_change
         self._queue: collections.deque[TransportTask] = collections.deque()
         self._cond = threading.Condition()
         self._workers: list[threading.Thread] = []
@@ -178,6 +180,7 @@ class TransporterPool:
             self._probe_thread = threading.Thread(target=self._guarded, args=(self._probe,),
                                                   name=f"probe-{self.server}", daemon=True)
             self._probe_thread.start()
+        self._on_state_change()
 
     def _probe(self) -> None:
         delay = PROBE_FIRST_DELAY
@@ -205,4 +208,5 @@ class TransporterPool:
                 while len(self._workers) < min(self._limit, len(self._queue)):
                     self._start_worker()
                 self._cond.notify_all()
+            self._on_state_change()
             return

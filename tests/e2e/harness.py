@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import os
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -129,9 +130,11 @@ class Daemon:
             os.close(read_end)
         if message.strip() != b"ready":
             self.kill()
-            holders = subprocess.run(["fuser", "-v", self.setup.pid_file], capture_output=True, text=True)
-            holder_lines = [line for line in (holders.stderr + holders.stdout).splitlines()
-                            if "Cannot stat" not in line]
+            holder_lines: list[str] = []
+            if shutil.which("fuser"):
+                holders = subprocess.run(["fuser", "-v", self.setup.pid_file], capture_output=True, text=True)
+                holder_lines = [line for line in (holders.stderr + holders.stdout).splitlines()
+                                if "Cannot stat" not in line]
             raise AssertionError(f"daemon did not start: {message!r}; PID file holders: {holder_lines}; "
                                  f"log:\n{self.log_tail()}")
         return self

@@ -6,7 +6,22 @@ import os
 import time
 from xml.sax.saxutils import escape
 
-from tests.e2e.harness import Daemon, counts, synced_inputs, wait_for, write_config
+import json
+import subprocess
+import sys
+
+from tests.e2e.harness import REPO, Daemon, counts, synced_inputs, wait_for, write_config
+
+
+def status(config: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "fileconveyor", "status", "--json", "--config", config],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def paused(config: str) -> str | None:
+    return status(config).get("runtime", {}).get("servers", {}).get("ftp", {}).get("paused")
 
 
 def test_server_down_pauses_its_pool_and_resumes(tmp_path, ftpd_restartable):
@@ -33,12 +48,17 @@ def test_server_down_pauses_its_pool_and_resumes(tmp_path, ftpd_restartable):
         wait_for(lambda: all(os.path.exists(os.path.join(setup.dest, f"during{i}.txt")) for i in range(20)),
                  timeout=60, what="local destination keeps syncing")
         assert counts(setup)["failed_files_list"] == 0, "a paused server fails nothing"
+        wait_for(lambda: paused(setup.config) is not None, timeout=30, what="status shows the pause")
+        plain = subprocess.run([sys.executable, "-m", "fileconveyor", "status", "--config", setup.config],
+                               capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=60)
+        assert "server ftp is PAUSED" in plain.stdout
         server.start()
         restarted = time.monotonic()
         wait_for(lambda: len([p for p in remote_root.iterdir() if not p.name.startswith(".")]) == 30,
                  timeout=90, what="files arrive after the server is back")
         print(f"FTP server back: queued files arrived within {time.monotonic() - restarted:.1f} s")
         wait_for(lambda: all(v == 0 for v in counts(setup).values()), timeout=60, what="queues empty")
+        wait_for(lambda: paused(setup.config) is None, timeout=30, what="status shows the server resumed")
         for i in range(20):
             assert (remote_root / f"during{i}.txt").read_text() == f"during {i}"
         assert len(synced_inputs(setup)) == 30
