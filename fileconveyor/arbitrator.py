@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import errno
 import functools
 import json
 import logging
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 #: Severity order of failure kinds: the worst one decides how long a failed file waits.
 _KIND_ORDER = ("waiting", "retryable", "permanent", "configuration")
 WORK_DIR_PREFIX = "run-"
+#: errnos of local file operations that no retry can fix (a retry waits RETRY_MAX_INTERVAL).
+_PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR}
 
 
 @dataclasses.dataclass
@@ -402,8 +405,10 @@ class Arbitrator:
                 job.finish_unit(_Failure("waiting", f"{rule.key}: {wait}"))
                 return
             except (ProcessorError, OSError) as error:
-                log.warning("Processing %s for rule %r failed: %s", job.path, rule.key, error)
-                job.finish_unit(_Failure("retryable", f"{rule.key}: processing failed: {error}"))
+                kind = ("permanent" if isinstance(error, OSError) and error.errno in _PERMANENT_ERRNOS
+                        else "retryable")
+                log.warning("Processing %s for rule %r failed (%s): %s", job.path, rule.key, kind, error)
+                job.finish_unit(_Failure(kind, f"{rule.key}: processing failed: {error}"))
                 return
             except Exception as error:  # noqa: BLE001 - a bug in a processor fails this file only
                 log.error("Processor chain of rule %r crashed on %s", rule.key, job.path, exc_info=True)
