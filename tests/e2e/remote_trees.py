@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import pathlib
 import unicodedata
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 from xml.sax.saxutils import escape, quoteattr
 
 from tests.e2e.harness import Setup, query
@@ -128,13 +128,3 @@ def add_servers(setup: Setup, servers: Mapping[str, tuple[str, Mapping[str, str]
         xml = xml[:start] + xml[xml.index("</server>", start) + len("</server>"):]
     pathlib.Path(setup.config).write_text(xml, encoding="utf-8")
 
-
-def bounded(predicate: Callable[[], bool]) -> Callable[[], bool]:
-    """`predicate`, with transient errors of a remote read (a listing racing an upload) counted
-    as "not yet" instead of failing the wait."""
-    def check() -> bool:
-        try:
-            return predicate()
-        except (OSError, KeyError):
-            return False
-    return check
