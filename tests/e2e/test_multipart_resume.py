@@ -221,43 +221,74 @@ def test_kill9_during_multipart_upload_resumes_from_the_completed_parts(
     assert head["ContentLength"] == FILE_SIZE and head["ETag"].strip('"').endswith(f"-{TOTAL_PARTS}")
 
 
-def test_file_changed_while_down_aborts_the_stale_upload_and_sends_the_new_content(
-        tmp_path: pathlib.Path, moto_server: MotoServer, s3_bucket: str, slow_moto: TCPProxy) -> None:
-    run = _interrupted_upload(tmp_path, moto_server, s3_bucket, slow_moto, seed=1)
-    setup, client, source = run.setup, run.client, run.source
-    stale_id, server_parts = run.upload_id, run.server_parts
-    # Changed while the daemon is down: other bytes, another size (fewer parts).
-    new_md5 = _write_random(source, FILE_SIZE - 10 * MiB, seed=2)
+NEW_SIZE = FILE_SIZE - 10 * MiB
 
-    with Daemon(setup) as daemon:
-        wait_for(lambda: _done(setup, client, s3_bucket, str(source)), timeout=90,
+
+@dataclasses.dataclass
+class ChangedWhileDown:
+    """The file was rewritten while the daemon was down, then the daemon ran until it synced."""
+
+    interrupted: Interrupted
+    new_md5: str
+    log: str
+    #: Part numbers the server accepted for the stale upload, and for each later upload.
+    stale_parts: list[int]
+    new_uploads: dict[str, list[int]]
+
+
+def _change_while_down(tmp_path: pathlib.Path, moto_server: MotoServer, bucket: str,
+                       proxy: TCPProxy) -> ChangedWhileDown:
+    run = _interrupted_upload(tmp_path, moto_server, bucket, proxy, seed=1)
+    # Other bytes, another size (fewer parts).
+    new_md5 = _write_random(run.source, NEW_SIZE, seed=2)
+    with Daemon(run.setup) as daemon:
+        wait_for(lambda: _done(run.setup, run.client, bucket, str(run.source)), timeout=90,
                  what="the new content to be uploaded")
         assert daemon.terminate() == 0
-    log = pathlib.Path(setup.log_file).read_text(encoding="utf-8", errors="replace")
+    log = pathlib.Path(run.setup.log_file).read_text(encoding="utf-8", errors="replace")
     by_upload: dict[str, list[int]] = {}
-    for upload, number in _part_puts(moto_server, s3_bucket, 0):
+    for upload, number in _part_puts(moto_server, bucket, 0):
         by_upload.setdefault(upload, []).append(number)
-    stale_parts = sorted(by_upload.pop(stale_id, []))
-    new_parts = (FILE_SIZE - 10 * MiB) // PART_SIZE
+    stale_parts = sorted(by_upload.pop(run.upload_id, []))
     print(f"\nstale upload aborted (the server had parts {stale_parts} of it); the new content "
-          f"went up in {len(by_upload)} new upload(s) of {new_parts} parts")
+          f"went up in {len(by_upload)} new upload(s) of {NEW_SIZE // PART_SIZE} parts")
+    return ChangedWhileDown(run, new_md5, log, stale_parts, by_upload)
+
+
+def test_file_changed_while_down_aborts_the_stale_upload_and_sends_the_new_content(
+        tmp_path: pathlib.Path, moto_server: MotoServer, s3_bucket: str, slow_moto: TCPProxy) -> None:
+    changed = _change_while_down(tmp_path, moto_server, s3_bucket, slow_moto)
+    run, log, client = changed.interrupted, changed.log, changed.interrupted.client
 
     # The stale upload got no part after the restart (at most the one in flight at the kill,
     # delivered late from the dead process's socket buffer).
-    assert len(stale_parts) <= len(server_parts) + 1
+    assert len(changed.stale_parts) <= len(run.server_parts) + 1
     # Each new upload is a whole one of the new content (how many: see
     # test_file_changed_while_down_is_uploaded_once below).
-    assert by_upload and all(sorted(v) == list(range(1, new_parts + 1))
-                             for v in by_upload.values())
+    assert changed.new_uploads and all(sorted(v) == list(range(1, NEW_SIZE // PART_SIZE + 1))
+                                       for v in changed.new_uploads.values())
     assert not RESUME_LINE.search(log), "a changed file must not resume the old upload"
     assert re.search(r"aborting the stale multipart upload|changed since its multipart upload "
                      r"began; aborting", log), f"no abort logged; log tail:\n{log[-3000:]}"
-    assert _object_md5(client, s3_bucket) == new_md5
+    assert _object_md5(client, s3_bucket) == changed.new_md5
     assert _open_uploads(client, s3_bucket) == [], "the stale upload was not aborted"
     with pytest.raises(client.exceptions.NoSuchUpload):
-        client.list_parts(Bucket=s3_bucket, Key=KEY, UploadId=stale_id)
-    assert _checkpointed_parts(setup) == []
-    assert query(_checkpoint(setup), "SELECT COUNT(*) FROM multipart_uploads") == [(0,)]
+        client.list_parts(Bucket=s3_bucket, Key=KEY, UploadId=run.upload_id)
+    assert _checkpointed_parts(run.setup) == []
+    assert query(_checkpoint(run.setup), "SELECT COUNT(*) FROM multipart_uploads") == [(0,)]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (fileconveyor/arbitrator.py, Arbitrator.start): the dispatcher starts before the "
+    "monitor's start-up comparison (add_tree) has queued the offline changes, so a file that was "
+    "in flight at the crash and changed while the daemon was down is dispatched from "
+    "pipeline_list recovery (already reading the new bytes), and then the scan's MODIFIED for "
+    "the same path uploads the identical new content a second time (here 50 MiB twice)."))
+def test_file_changed_while_down_is_uploaded_once(
+        tmp_path: pathlib.Path, moto_server: MotoServer, s3_bucket: str, slow_moto: TCPProxy) -> None:
+    changed = _change_while_down(tmp_path, moto_server, s3_bucket, slow_moto)
+    synced_lines = re.findall(r"INFO .* Synced .* to s3: ", changed.log)
+    assert (len(changed.new_uploads), len(synced_lines)) == (1, 1)
 
 
 @pytest.mark.xfail(strict=True, reason="BUG (tests/servers/moto.py): TCPProxy.close() takes 10 s: "
