@@ -139,6 +139,9 @@ class Arbitrator:
         self._dispatcher: threading.Thread | None = None
         self._records: queue.Queue[_Record | None] = queue.Queue()
         self._recorder: threading.Thread | None = None
+        #: Working directories of finished files, removed off the hot threads.
+        self._cleanup: queue.Queue[list[str] | None] = queue.Queue()
+        self._cleaner: threading.Thread | None = None
         self._last_status = ""
         self._processors: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -172,6 +175,9 @@ class Arbitrator:
         self._recorder = threading.Thread(target=self._guarded, args=(self._record_loop,),
                                           name="recorder", daemon=True)
         self._recorder.start()
+        self._cleaner = threading.Thread(target=self._guarded, args=(self._cleanup_loop,),
+                                         name="cleaner", daemon=True)
+        self._cleaner.start()
         self._dispatcher = threading.Thread(target=self._guarded, args=(self._dispatch_loop,),
                                             name="dispatcher", daemon=True)
         self._dispatcher.start()
@@ -210,6 +216,9 @@ class Arbitrator:
         if self._recorder is not None:
             self._records.put(None)  # flush what finished transfers reported, then stop
             self._recorder.join(max(1.0, deadline - time.monotonic()))
+        if self._cleaner is not None:
+            self._cleanup.put(None)
+            self._cleaner.join(max(1.0, deadline - time.monotonic()))
         with self._jobs_lock:
             left = len(self._jobs)
             self._jobs.clear()
@@ -386,7 +395,6 @@ class Arbitrator:
         assert self._processors is not None and self.synced is not None
         source = self.config.sources[rule.source]
         work_dir = os.path.join(self.settings.WORKING_DIR, f"{WORK_DIR_PREFIX}{uuid.uuid4().hex}")
-        os.makedirs(work_dir, mode=0o700)
         job.work_dirs.append(work_dir)
         synced = self.synced
         context = ProcessorContext(
@@ -398,6 +406,7 @@ class Arbitrator:
 
         def run() -> None:
             try:
+                os.makedirs(work_dir, mode=0o700)
                 output = chain.run(context)
             except WaitForFiles as wait:
                 for destination in destinations:
@@ -459,6 +468,14 @@ class Arbitrator:
             job.finish_unit(_Failure(error.kind, f"{server}: {error}"))
             return
         self._records.put(_Record("record", job, server, remote, basename, url, done_key))
+
+    def _cleanup_loop(self) -> None:
+        while True:
+            work_dirs = self._cleanup.get()
+            if work_dirs is None:
+                return
+            for work_dir in work_dirs:
+                shutil.rmtree(work_dir, ignore_errors=True)
 
     def _record_loop(self) -> None:
         """Write synced_files.db in batches: whatever finished while the last commit's fsync ran
@@ -566,8 +583,8 @@ class Arbitrator:
     def _finish(self, job: Job) -> None:
         assert self.pipeline is not None
         s = self.settings
-        for work_dir in job.work_dirs:
-            shutil.rmtree(work_dir, ignore_errors=True)
+        if job.work_dirs:
+            self._cleanup.put(job.work_dirs)
         try:
             if not job.failures:
                 self.pipeline.complete(job.path)

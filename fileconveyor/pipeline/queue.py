@@ -210,6 +210,9 @@ class PersistentPipeline:
     def requeue_due(self, now: float | None = None, limit: int = 500) -> int:
         """Move failed items whose next try has come back to the end of the queue."""
         now = time.time() if now is None else now
+        due = self.next_retry_time()
+        if due is None or due > now:
+            return 0  # the common case: no write transaction at all
         with self.db.transaction() as conn:
             rows = conn.execute("SELECT input_file, event, attempts, done FROM failed_files_list "
                                 "WHERE next_try <= ? ORDER BY next_try LIMIT ?", (now, limit)).fetchall()
@@ -309,6 +312,10 @@ class PersistentPipeline:
     # --- dependencies between processed files ------------------------------------------------
 
     def set_dependencies(self, dependent: str, server: str, dependencies: Iterable[str]) -> None:
+        dependencies = list(dependencies)
+        if not dependencies and not self.db.query(
+                "SELECT 1 FROM dependencies WHERE dependent = ? AND server = ? LIMIT 1", (dependent, server)):
+            return  # nothing recorded, nothing to record: no write transaction
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM dependencies WHERE dependent = ? AND server = ?", (dependent, server))
             conn.executemany("INSERT OR IGNORE INTO dependencies(dependent, dependency, server) VALUES (?, ?, ?)",
