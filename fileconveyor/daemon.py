@@ -188,6 +188,25 @@ class Runner:
 READY_TIMEOUT = 120.0
 
 
+def read_readiness(read_end: int, timeout: float) -> str:
+    """What `fileconveyor run --ready-fd` wrote ("ready" or "error: ..."), or '' if it exited or
+    said nothing within `timeout`. Closes `read_end`."""
+    message = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not message.endswith(b"\n"):
+            readable, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            if not readable:
+                break
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                break
+            message += chunk
+    finally:
+        os.close(read_end)
+    return message.decode("utf-8", "replace").strip()
+
+
 def start_detached(config_path: str, pid_file: str, log_file: str) -> int:
     """Start `fileconveyor run` in the background; return its PID once it reports that it is up."""
     holder = running_pid(pid_file)
@@ -201,22 +220,7 @@ def start_detached(config_path: str, pid_file: str, log_file: str) -> int:
             pass_fds=(write_end,), start_new_session=True, close_fds=True)
     finally:
         os.close(write_end)
-    message = b""
-    deadline = time.monotonic() + READY_TIMEOUT
-    try:
-        while time.monotonic() < deadline:
-            readable, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
-            if not readable:
-                break
-            chunk = os.read(read_end, 4096)
-            if not chunk:
-                break
-            message += chunk
-            if message.endswith(b"\n"):
-                break
-    finally:
-        os.close(read_end)
-    text = message.decode("utf-8", "replace").strip()
+    text = read_readiness(read_end, READY_TIMEOUT)
     if text == "ready":
         return child.pid
     if not text:

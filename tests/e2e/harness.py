@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import select
 import shutil
 import signal
 import sqlite3
@@ -17,6 +16,8 @@ import sys
 import time
 from typing import Callable
 from xml.sax.saxutils import escape, quoteattr
+
+from fileconveyor.daemon import read_readiness
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -115,20 +116,8 @@ class Daemon:
             pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(self.setup.state, "stderr.txt"), "ab"), env=env, cwd=self.setup.root)
         os.close(write_end)
-        message = b""
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline and not message.endswith(b"\n"):
-                readable, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
-                if not readable:
-                    break
-                chunk = os.read(read_end, 4096)
-                if not chunk:
-                    break
-                message += chunk
-        finally:
-            os.close(read_end)
-        if message.strip() != b"ready":
+        message = read_readiness(read_end, timeout)
+        if message != "ready":
             self.kill()
             holder_lines: list[str] = []
             if shutil.which("fuser"):
