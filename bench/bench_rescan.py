@@ -1,22 +1,30 @@
-"""Rescan speed of the path index: first scan and rescan of an unchanged tree, beside `find`.
+"""Rescan speed and memory of the path index: first scan and rescan of an unchanged tree, beside `find`.
 
     python3 bench/bench_rescan.py [--files 100000] [--per-dir 100] [--dir /tmp/somewhere]
+
+Each phase runs in a fresh Python subprocess, through the monitor as the daemon runs it (a
+`PollingMonitor` whose first pass is the start-up scan; the callback only counts events), so its
+peak RSS (`ru_maxrss`) is the scan's own and not left over from building the tree or from an
+earlier phase. "base" is the subprocess's RSS once the monitor is created, before the scan: the
+difference is what the scan itself held. The tree is listed once by `find` before the first phase
+(warm dentry cache for every contender).
 
 Prints figures; asserts nothing (benchmarks are figures, not pass/fail timings).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from fileconveyor.fsmonitor.pathscanner import PathScanner, UndecodableNames, scan_tree  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 
 def build(root: str, files: int, per_dir: int) -> None:
@@ -28,18 +36,41 @@ def build(root: str, files: int, per_dir: int) -> None:
             f.write("x")
 
 
-def timed_scan(scanner: PathScanner, root: str) -> tuple[float, int]:
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def phase(root: str, index: str) -> dict[str, float]:
+    """One monitor pass over `root` with index `index`, in this (fresh) process."""
+    from fileconveyor.fsmonitor.polling import PollingMonitor
+
+    counted = [0]
+
+    def callback(batch: list) -> None:  # type: ignore[type-arg]
+        counted[0] += len(batch)
+
+    monitor = PollingMonitor(callback, index, (), interval=3600.0)
+    base = _rss_mib()
+    monitor.add_tree(root)
     started = time.perf_counter()
-    events = 0
-    ops = []
-    for chunk_events, chunk_ops in scan_tree(root, scanner.known_below(root), frozenset(), UndecodableNames()):
-        events += len(chunk_events)
-        ops.extend(chunk_ops)
-        if len(ops) >= 5000:  # what the monitor does: one transaction per delivered batch
-            scanner.apply(ops)
-            ops = []
-    scanner.apply(ops)
-    return time.perf_counter() - started, events
+    monitor.start()
+    while not monitor.is_idle:  # a benchmark may poll: nothing here is a test's wait
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    monitor.stop()
+    return {"seconds": elapsed, "events": counted[0], "base_mib": base, "peak_mib": _rss_mib()}
+
+
+def run_phase(root: str, index: str) -> dict[str, float]:
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]); "
+        "import bench_rescan; print(json.dumps(bench_rescan.phase(sys.argv[3], sys.argv[4])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), REPO, root, index],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -47,22 +78,31 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--per-dir", type=int, default=100)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--rescans", type=int, default=3, help="rescan repetitions (the best is printed too)")
     args = parser.parse_args()
     base = tempfile.mkdtemp(prefix="fc-bench-", dir=args.dir)
     try:
         root = os.path.join(base, "tree")
+        index = os.path.join(base, "fsmonitor.db")
         started = time.perf_counter()
         build(root, args.files, args.per_dir)
         print(f"created {args.files} files in {time.perf_counter() - started:.2f} s under {root}")
         started = time.perf_counter()
         found = subprocess.run(["find", root, "-type", "f"], capture_output=True, check=True).stdout.count(b"\n")
         print(f"find -type f: {found} files in {time.perf_counter() - started:.2f} s")
-        scanner = PathScanner(os.path.join(base, "fsmonitor.db"))
-        first, events = timed_scan(scanner, root)
-        print(f"first scan (empty index): {events} CREATED in {first:.2f} s ({events / first:,.0f} files/s)")
-        again, events = timed_scan(scanner, root)
-        print(f"rescan of the unchanged tree: {events} events in {again:.2f} s ({args.files / again:,.0f} files/s)")
-        scanner.close()
+
+        def show(label: str, r: dict[str, float]) -> None:
+            print(f"{label}: {r['events']:.0f} events in {r['seconds']:.2f} s "
+                  f"({args.files / r['seconds']:,.0f} files/s); peak RSS {r['peak_mib']:.1f} MiB "
+                  f"(base {r['base_mib']:.1f}, scan +{r['peak_mib'] - r['base_mib']:.1f})")
+
+        show("first scan (empty index)", run_phase(root, index))
+        results = [run_phase(root, index) for _ in range(args.rescans)]
+        for r in results:
+            show("rescan of the unchanged tree", r)
+        if len(results) > 1:
+            print(f"rescan best {min(r['seconds'] for r in results):.2f} s, "
+                  f"median {sorted(r['seconds'] for r in results)[len(results) // 2]:.2f} s")
     finally:
         shutil.rmtree(base)
 
