@@ -80,8 +80,8 @@ def _write_random(path: pathlib.Path, size: int, seed: int) -> str:
     return digest.hexdigest()
 
 
-def _configure(tmp_path: pathlib.Path, endpoint: str, bucket: str) -> Setup:
-    setup = write_config(tmp_path)
+def _configure(tmp_path: pathlib.Path, endpoint: str, bucket: str, filter_xml: str = "") -> Setup:
+    setup = write_config(tmp_path, filter_xml=filter_xml)
     add_servers(setup, {"s3": ("s3", {
         "bucket_name": bucket, "endpoint_url": endpoint, "access_key_id": FAKE_KEY_ID,
         "secret_access_key": FAKE_SECRET, "multipart_threshold": "5MiB",
@@ -153,12 +153,18 @@ class Interrupted:
 
 
 def _interrupted_upload(tmp_path: pathlib.Path, moto_server: MotoServer, bucket: str,
-                        proxy: TCPProxy, seed: int) -> Interrupted:
+                        proxy: TCPProxy, seed: int, decoys: int = 0) -> Interrupted:
     """Start the daemon on a FILE_SIZE file, wait for PARTS_BEFORE_KILL checkpointed parts and
-    SIGKILL it; record the open upload's id, the parts the server holds and the checkpoint's."""
+    SIGKILL it; record the open upload's id, the parts the server holds and the checkpoint's.
+    `decoys` empty files that no rule syncs make the start-up comparison of the tree longer."""
     client = moto_server.client()
-    setup = _configure(tmp_path, proxy.endpoint, bucket)
+    setup = _configure(tmp_path, proxy.endpoint, bucket,
+                       "<filter><extensions>bin</extensions></filter>" if decoys else "")
     source = pathlib.Path(setup.source) / KEY
+    for index in range(decoys):
+        decoy = pathlib.Path(setup.source, f"decoys{index % 10}", f"{index}.txt")
+        decoy.parent.mkdir(exist_ok=True)
+        decoy.write_bytes(b"")
     md5 = _write_random(source, FILE_SIZE, seed)
     daemon = Daemon(setup).start()
     try:
@@ -237,8 +243,8 @@ class ChangedWhileDown:
 
 
 def _change_while_down(tmp_path: pathlib.Path, moto_server: MotoServer, bucket: str,
-                       proxy: TCPProxy) -> ChangedWhileDown:
-    run = _interrupted_upload(tmp_path, moto_server, bucket, proxy, seed=1)
+                       proxy: TCPProxy, decoys: int = 0) -> ChangedWhileDown:
+    run = _interrupted_upload(tmp_path, moto_server, bucket, proxy, seed=1, decoys=decoys)
     # Other bytes, another size (fewer parts).
     new_md5 = _write_random(run.source, NEW_SIZE, seed=2)
     with Daemon(run.setup) as daemon:
@@ -286,7 +292,10 @@ def test_file_changed_while_down_aborts_the_stale_upload_and_sends_the_new_conte
     "the same path uploads the identical new content a second time (here 50 MiB twice)."))
 def test_file_changed_while_down_is_uploaded_once(
         tmp_path: pathlib.Path, moto_server: MotoServer, s3_bucket: str, slow_moto: TCPProxy) -> None:
-    changed = _change_while_down(tmp_path, moto_server, s3_bucket, slow_moto)
+    # 3,000 files that no rule syncs: the start-up comparison takes long enough that the recovered
+    # file is always dispatched before the scan reports it modified (without them, a loaded
+    # machine sometimes lets the scan win and the two merge).
+    changed = _change_while_down(tmp_path, moto_server, s3_bucket, slow_moto, decoys=3000)
     synced_lines = re.findall(r"INFO .* Synced .* to s3: ", changed.log)
     assert (len(changed.new_uploads), len(synced_lines)) == (1, 1)
 
