@@ -9,8 +9,10 @@ events for the pipeline and the index ops that record what it saw. This module
   only after the callback returned (the events are durable in the pipeline queue by then); if the
   callback raises, the same batch is retried with backoff and the index is not touched, so a crash
   at any moment causes a repeat, never a loss;
-* keeps the not-yet-committed ops in an in-memory overlay, so a backend deciding CREATED vs
-  MODIFIED, or which files a deleted directory held, sees what it already reported;
+* keeps the not-yet-committed ops in an in-memory overlay (by directory, then name), so a backend
+  deciding CREATED vs MODIFIED, or which files a deleted directory held, sees what it already
+  reported; scans read the index through it one directory (or one page) at a time (`Known`), so
+  a rescan holds one directory's rows, not the tree's;
 * drops a CREATED/MODIFIED for a path that already has one waiting (the pipeline reads the file
   when it processes it, so the waiting event already covers the newer content);
 * applies backpressure: `report()` blocks while `max_pending` events wait, so a stuck pipeline
@@ -24,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from fileconveyor.fsmonitor.base import (
     CrashCallback,
@@ -42,8 +44,8 @@ from fileconveyor.fsmonitor.pathscanner import (
     PathScanner,
     Scandir,
     UndecodableNames,
+    deleted_below,
     is_below,
-    merge_overlay,
     scan_tree,
 )
 
@@ -80,7 +82,8 @@ class TreeMonitor(Monitor):
         self._pending_events = 0
         self._first_put = 0.0
         self._waiting: dict[str, FSEvent] = {}
-        self._overlay: dict[Key, tuple[Entry | None, int]] = {}
+        #: directory -> name -> (entry, or None for a deletion; the op's sequence number)
+        self._overlay: dict[str, dict[str, tuple[Entry | None, int]]] = {}
         self._seq = 0
         self._in_flight = False
         self._closing = False
@@ -143,37 +146,64 @@ class TreeMonitor(Monitor):
         """The entry as last reported: the overlay of uncommitted ops first, then the index.
         (The delivery thread writes the index before it drops an op from the overlay.)"""
         with self._cond:
-            if key in self._overlay:
-                return self._overlay[key][0]
+            pending = self._overlay.get(key[0])
+            if pending is not None and key[1] in pending:
+                return pending[key[1]][0]
         return self.scanner.get(key)
 
-    def known_below(self, directory: str) -> dict[Key, Entry]:
-        known = self.scanner.known_below(directory)
+    # `Known` for scan_tree. The overlay is read before the index: an op committed in between is
+    # then in both (the overlay's, being the latest, wins); read after, it could be in neither.
+    # Only this (the backend's) thread reports ops, so none is added meanwhile.
+
+    def children(self, directory: str) -> dict[str, Entry]:
         with self._cond:
-            overlay = {k: v[0] for k, v in self._overlay.items()}
-        merge_overlay(known, overlay, directory)
-        return known
+            pending = list(self._overlay.get(directory, {}).items())
+        entries = self.scanner.children(directory)
+        for name, (entry, _) in pending:
+            if entry is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = entry
+        return entries
+
+    def below(self, directory: str) -> Iterator[list[tuple[Key, Entry]]]:
+        with self._cond:
+            pending = {
+                (path, name): entry
+                for path, names in self._overlay.items() if is_below(path, directory)
+                for name, (entry, _) in names.items()
+            }
+        for rows in self.scanner.below(directory):
+            if pending:
+                merged: list[tuple[Key, Entry]] = []
+                for key, entry in rows:
+                    latest = pending.pop(key, entry)
+                    if latest is not None:
+                        merged.append((key, latest))
+                rows = merged
+            if rows:
+                yield rows
+        added = [(k, e) for k, e in pending.items() if e is not None]
+        if added:
+            yield added
 
     def scan(self, root: str, before_listing=None) -> None:  # type: ignore[no-untyped-def]
         """Compare the disk below `root` with what is known and report the differences."""
         started = time.monotonic()
         reported = 0
         for events, ops in scan_tree(
-            root, self.known_below(root), self.ignored_dirs, self.names,
-            before_listing=before_listing, scandir=self._scandir,
+            root, self, self.ignored_dirs, self.names, before_listing=before_listing, scandir=self._scandir,
         ):
             reported += len(events)
             self.report(events, ops)
         log.debug("Scanned %s in %.2f s: %d changes", root, time.monotonic() - started, reported)
 
     def report_deleted_tree(self, directory: str, own_key: Key | None) -> None:
-        """DELETED for every file known below `directory`; drop their rows (and its own)."""
-        known = self.known_below(directory)
-        events = [FSEvent(f"{k[0]}/{k[1]}", Event.DELETED) for k, e in known.items() if not e.is_dir]
-        ops: list[Op] = [(k, None) for k in known]
+        """DELETED for every file known below `directory`; drop their rows, then its own."""
+        for events, ops in deleted_below(self, directory):
+            self.report(events, ops)
         if own_key is not None:
-            ops.append((own_key, None))
-        self.report(events, ops)
+            self.report([], [(own_key, None)])
 
     # -- delivery ----------------------------------------------------------------------------
 
@@ -196,7 +226,7 @@ class TreeMonitor(Monitor):
             seq_ops: list[_SeqOp] = []
             for key, entry in ops:
                 self._seq += 1
-                self._overlay[key] = (entry, self._seq)
+                self._overlay.setdefault(key[0], {})[key[1]] = (entry, self._seq)
                 seq_ops.append((key, entry, self._seq))
             if not self._chunks:
                 self._first_put = time.monotonic()
@@ -266,10 +296,12 @@ class TreeMonitor(Monitor):
                 self._stop_event.wait(delay)
         self.scanner.apply((key, entry) for key, entry, _ in ops)
         with self._cond:
-            for key, _, seq in ops:
-                current = self._overlay.get(key)
-                if current is not None and current[1] == seq:
-                    del self._overlay[key]
+            for (directory, name), _, seq in ops:
+                pending = self._overlay.get(directory)
+                if pending is not None and name in pending and pending[name][1] == seq:
+                    del pending[name]
+                    if not pending:
+                        del self._overlay[directory]
 
     # -- life cycle --------------------------------------------------------------------------
 

@@ -23,10 +23,12 @@ silently reinterpreting seconds as nanoseconds would report every file MODIFIED.
 
 Why it is shaped like this:
 
-* Rows below a directory are found with an exact-prefix *range* on `path`
-  (`path = d OR (path >= d || '/' AND path < d || '0')`, '0' being the character after '/'), which
-  uses the unique index. The original used `LIKE 'd%'`: `img` also matched `img2`, and `_`/`%`
-  in names were wildcards.
+* A scan compares the disk with the index one directory at a time: `WHERE path = ?` per listed
+  directory (the unique index serves it), so a scan holds one directory's rows, never the whole
+  tree's (a million-file tree would need ~400 MB). Rows below a directory that is gone are read
+  in pages of an exact-prefix *range* on `path` (`path = d`, then `path >= d || '/' AND
+  path < d || '0'`, '0' being the character after '/'), again by the unique index. The original
+  used `LIKE 'd%'`: `img` also matched `img2`, and `_`/`%` in names were wildcards.
 * mtime in nanoseconds plus size: integer seconds missed changes made within the same second.
 * Only names that are valid UTF-8 are stored (SQLite text cannot hold Python's surrogate escapes);
   others are refused with one warning per name (`UndecodableNames`).
@@ -37,14 +39,14 @@ Why it is shaped like this:
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import os
 import sqlite3
 import stat as statmod
 import threading
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol
 
 from fileconveyor.fsmonitor.base import Event, FSEvent, MonitorError
 
@@ -64,14 +66,24 @@ _SELECT_BELOW = (
     "SELECT path, filename, mtime, size, is_dir FROM pathscanner "
     "WHERE path = ? OR (path >= ? AND path < ?)"
 )
+_SELECT_CHILDREN = "SELECT filename, mtime, size, is_dir FROM pathscanner WHERE path = ?"
+# Keyset pages (row values, SQLite >= 3.15): each page starts after the last key of the previous
+# one, so rows deleted behind it meanwhile (by the scan's own ops) do not shift it.
+_SELECT_CHILDREN_PAGE = (
+    "SELECT path, filename, mtime, size, is_dir FROM pathscanner "
+    "WHERE path = ? AND filename > ? ORDER BY filename LIMIT ?"
+)
+_SELECT_RANGE_PAGE = (
+    "SELECT path, filename, mtime, size, is_dir FROM pathscanner "
+    "WHERE path < ? AND (path, filename) > (?, ?) ORDER BY path, filename LIMIT ?"
+)
 _SELECT_ONE = "SELECT mtime, size, is_dir FROM pathscanner WHERE path = ? AND filename = ?"
 _UPSERT = "INSERT OR REPLACE INTO pathscanner(path, filename, mtime, size, is_dir) VALUES (?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM pathscanner WHERE path = ? AND filename = ?"
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """What the index knows about one directory entry."""
+class Entry(NamedTuple):
+    """What the index knows about one directory entry (a tuple: cheap to make by the million)."""
 
     mtime_ns: int
     size: int
@@ -184,11 +196,38 @@ class PathScanner:
         return None if row is None else Entry(row[0], row[1], bool(row[2]))
 
     def known_below(self, directory: str) -> dict[Key, Entry]:
-        """Every row inside `directory` (its entries and everything below them), one query."""
+        """Every row inside `directory` (its entries and everything below them), one query.
+        Holds them all in memory: for tools and tests; scans use `children` and `below`."""
         lo, hi = prefix_range(directory)
         with self._lock:
             rows = self._db.execute(_SELECT_BELOW, (directory, lo, hi)).fetchall()
-        return {(p, f): Entry(m, s, bool(d)) for p, f, m, s, d in rows}
+        return {(p, f): Entry(m, s, d == 1) for p, f, m, s, d in rows}
+
+    def children(self, directory: str) -> dict[str, Entry]:
+        """The rows of `directory`'s own entries, by name (one indexed query)."""
+        with self._lock:
+            rows = self._db.execute(_SELECT_CHILDREN, (directory,)).fetchall()
+        return {f: Entry(m, s, d == 1) for f, m, s, d in rows}
+
+    def below(self, directory: str, page: int = 2000) -> Iterator[list[tuple[Key, Entry]]]:
+        """Every row inside `directory` (its entries, then everything deeper), in pages of at
+        most `page` rows. The lock is held per page only, so the delivery thread can apply the
+        ops a caller reports between pages; each page starts after the previous page's last key,
+        so rows deleted behind it meanwhile do not shift it."""
+        lo, hi = prefix_range(directory)
+        yield from self._pages(_SELECT_CHILDREN_PAGE, lambda last: (directory, last[1], page), page)
+        yield from self._pages(_SELECT_RANGE_PAGE, lambda last: (hi, last[0] or lo, last[1], page), page)
+
+    def _pages(self, sql: str, params: Callable[[Key], tuple[Any, ...]], page: int) -> Iterator[list[tuple[Key, Entry]]]:
+        last: Key = ("", "")
+        while True:
+            with self._lock:
+                rows = self._db.execute(sql, params(last)).fetchall()
+            if rows:
+                yield [((p, f), Entry(m, s, d == 1)) for p, f, m, s, d in rows]
+            if len(rows) < page:
+                return
+            last = (rows[-1][0], rows[-1][1])
 
     def apply(self, ops: Iterable[Op]) -> None:
         """Apply index changes in order (last one per key wins), in one transaction."""
@@ -228,6 +267,31 @@ Scandir = Callable[[str], Any]
 _VANISHED = (errno.ENOENT, errno.ENOTDIR)
 
 
+class Known(Protocol):
+    """What a scan compares the disk with, read one directory (or one page) at a time:
+    `PathScanner`, or the monitor's index plus its not-yet-committed ops."""
+
+    def children(self, directory: str) -> dict[str, Entry]: ...
+
+    def below(self, directory: str) -> Iterator[list[tuple[Key, Entry]]]: ...
+
+
+class KnownRows:
+    """`Known` over rows already in memory (`PathScanner.known_below`): for tools and tests."""
+
+    def __init__(self, rows: Mapping[Key, Entry]) -> None:
+        self._dirs: dict[str, dict[str, Entry]] = {}
+        for (directory, name), entry in rows.items():
+            self._dirs.setdefault(directory, {})[name] = entry
+
+    def children(self, directory: str) -> dict[str, Entry]:
+        return dict(self._dirs.get(directory, {}))
+
+    def below(self, directory: str) -> Iterator[list[tuple[Key, Entry]]]:
+        for path in sorted(p for p in self._dirs if is_below(p, directory)):
+            yield [((path, name), entry) for name, entry in sorted(self._dirs[path].items())]
+
+
 def entry_of(dirent: Any) -> Entry | None:
     """Index entry for a DirEntry, or None when it is not something we record (fifo, socket,
     broken symlink) or it vanished. Symlinks: to a file count as that file (its target's mtime and
@@ -258,17 +322,30 @@ def compare(path: str, old: Entry | None, new: Entry) -> FSEvent | None:
     return None
 
 
+def deleted_below(known: Known, directory: str) -> Iterator[Chunk]:
+    """DELETED for every file known inside `directory`, and the ops dropping their rows, one
+    page at a time (the directory's own row is the caller's: drop it after these)."""
+    for rows in known.below(directory):
+        yield [FSEvent(join_key(k), Event.DELETED) for k, e in rows if not e.is_dir], [(k, None) for k, _ in rows]
+
+
 def scan_tree(
     root: str,
-    known: dict[Key, Entry],
+    known: Known | Mapping[Key, Entry],
     ignored_dirs: frozenset[str] | set[str],
     names: UndecodableNames,
     *,
     before_listing: Callable[[str], None] | None = None,
     scandir: Scandir = os.scandir,
 ) -> Iterator[Chunk]:
-    """Walk `root` and yield, per directory, the events and index ops that bring `known` (the
-    index's rows below `root`; consumed) up to date with the disk; deletions come last.
+    """Walk `root` and yield, per directory, the events and index ops that bring the index
+    (`known`: a `Known`, or rows in memory) up to date with the disk; deletions come last.
+
+    Each listed directory is compared with its own rows only (`known.children`), so memory is
+    bounded by the largest directory, not by the tree. What is gone is remembered as keys and as
+    directories, whose rows are read in pages at the end (`deleted_below`). A directory's own row
+    is dropped (or, when it became a file, replaced) only after the rows below it: a crash in
+    between leaves rows the next scan still finds through it, never orphans.
 
     `before_listing(dir)` runs before each directory is listed: the inotify backend adds the
     directory's watch there, so a file created after it is listed is reported by an event and one
@@ -278,14 +355,15 @@ def scan_tree(
     If `root` itself cannot be listed nothing is reported: an unmounted or missing source tree
     must not read as "every file deleted".
     """
-    unreadable: list[str] = []
+    index = KnownRows(known) if isinstance(known, Mapping) else known
+    gone_files: list[Key] = []
+    #: (directory whose rows below are gone, the op and event for its own row afterwards)
+    gone_dirs: list[tuple[str, Op | None, FSEvent | None]] = []
     stack = [root]
     while stack:
         directory = stack.pop()
         if before_listing is not None:
             before_listing(directory)
-        events: list[FSEvent] = []
-        ops: list[Op] = []
         try:
             with scandir(directory) as it:
                 dirents = list(it)
@@ -295,21 +373,34 @@ def scan_tree(
                 return
             if error.errno in _VANISHED:
                 log.debug("Directory vanished before it was scanned: %s", directory)
+                gone_dirs.append((directory, None, None))
             else:
                 log.warning("Cannot list %s (%s); its files are left as they were", directory, error)
-                unreadable.append(directory)
             continue
+        old_entries = index.children(directory)
+        events: list[FSEvent] = []
+        ops: list[Op] = []
         for dirent in dirents:
             name = dirent.name
-            if not names.is_valid(directory, name):
+            if not name.isascii() and not names.is_valid(directory, name):
                 continue
             new = entry_of(dirent)
             if new is None or (new.is_dir and name in ignored_dirs):
                 continue
-            is_dir = new.is_dir and not dirent.is_symlink()
+            old = old_entries.pop(name, None)
+            if old == new and not new.is_dir:
+                continue  # the common case of a rescan: an unchanged file
             key = (directory, name)
-            old = known.pop(key, None)
             path = dirent.path
+            descend = new.is_dir and not dirent.is_symlink()
+            if old is not None and old.is_dir and not descend:
+                # Was a directory, now a file or a link: the rows below go first. (A link to a
+                # directory that was one already costs a query that finds nothing.)
+                if old != new:
+                    gone_dirs.append((path, (key, new), compare(path, old, new)))
+                else:
+                    gone_dirs.append((path, None, None))
+                continue
             if old is not None and not old.is_dir and new.is_dir:
                 events.append(FSEvent(path, Event.DELETED))
             event = compare(path, old, new)
@@ -317,26 +408,19 @@ def scan_tree(
                 events.append(event)
             if old != new:
                 ops.append((key, new))
-            if is_dir:
+            if descend:
                 stack.append(path)
+        for name, old in old_entries.items():
+            if old.is_dir:
+                gone_dirs.append((f"{directory}/{name}", ((directory, name), None), None))
+            else:
+                gone_files.append((directory, name))
         if events or ops:
             yield events, ops
-    events, ops = [], []
-    for key, entry in known.items():
-        if any(is_below(key[0], u) for u in unreadable):
-            continue
-        if not entry.is_dir:
-            events.append(FSEvent(join_key(key), Event.DELETED))
-        ops.append((key, None))
-    if events or ops:
-        yield events, ops
-
-
-def merge_overlay(known: dict[Key, Entry], overlay: Mapping[Key, Entry | None], directory: str) -> None:
-    """Apply not-yet-committed index ops (`overlay`) below `directory` to `known`, in place."""
-    for key, entry in overlay.items():
-        if is_below(key[0], directory):
-            if entry is None:
-                known.pop(key, None)
-            else:
-                known[key] = entry
+    for start in range(0, len(gone_files), 2000):
+        keys = gone_files[start:start + 2000]
+        yield [FSEvent(join_key(k), Event.DELETED) for k in keys], [(k, None) for k in keys]
+    for directory, own_op, own_event in gone_dirs:
+        yield from deleted_below(index, directory)
+        if own_op is not None:
+            yield ([own_event] if own_event is not None else []), [own_op]
