@@ -97,7 +97,8 @@ def run_tool(argv: list[str]) -> float:
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def ours(source: pathlib.Path, endpoint: str, bucket: str, workers: int) -> float:
+def ours(source: pathlib.Path, endpoint: str, bucket: str, workers: int,
+         settings: dict[str, str] | None = None) -> float:
     files = sorted(p for p in source.rglob("*") if p.is_file())
     local = threading.local()
     made: list[S3Transporter] = []
@@ -109,7 +110,8 @@ def ours(source: pathlib.Path, endpoint: str, bucket: str, workers: int) -> floa
         if transporter is None:
             transporter = S3Transporter(
                 {"bucket_name": bucket, "endpoint_url": endpoint, "access_key_id": KEY,
-                 "secret_access_key": SECRET}, TransporterContext("bench", state))
+                 "secret_access_key": SECRET, **(settings or {})},
+                TransporterContext("bench", state))
             local.transporter = transporter
             with lock:
                 made.append(transporter)
@@ -126,10 +128,12 @@ def ours(source: pathlib.Path, endpoint: str, bucket: str, workers: int) -> floa
     return cpu
 
 
-def tools(workers: int) -> dict[str, Callable[[pathlib.Path, str, str], float]]:
+def tools(workers: int, settings: dict[str, str]
+          ) -> dict[str, Callable[[pathlib.Path, str, str], float]]:
+    shown = "".join(f" {k}={v}" for k, v in settings.items())
     return {
-        f"fileconveyor S3Transporter ({workers} threads)":
-            lambda src, ep, b: ours(src, ep, b, workers),
+        f"fileconveyor S3Transporter ({workers} threads{shown})":
+            lambda src, ep, b: ours(src, ep, b, workers, settings),
         "aws s3 sync (defaults: 10 requests)": lambda src, ep, b: run_tool(
             ["aws", "s3", "sync", str(src), f"s3://{b}", "--endpoint-url", ep,
              "--only-show-errors"]),
@@ -164,8 +168,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=32)
     parser.add_argument("--rtt-ms", type=float, default=20.0)
     parser.add_argument("--only", default="", help="run only tools whose name contains this")
+    parser.add_argument("--data-set", default="", help="run only data sets whose name contains "
+                        "this (e.g. MiB)")
+    parser.add_argument("--network", default="", help="run only networks whose name contains "
+                        "this (loopback, RTT)")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="an S3Transporter setting for our side (repeatable), e.g. "
+                        "multipart_concurrency=2")
     args = parser.parse_args()
 
+    settings = dict(item.split("=", 1) for item in args.setting)
     data = make_data(pathlib.Path(args.data))
     store = tempfile.mkdtemp(prefix="fc-bench-s3rver-")
     port = free_port()
@@ -190,10 +202,14 @@ def main() -> None:
         print(f"{'network':<22} {'data':<14} {'tool':<44} {'s':>8} {'files/s':>9} "
               f"{'MB/s':>8} {'CPU s':>7}")
         for network, endpoint in networks.items():
+            if args.network not in network:
+                continue
             for name, source in data.items():
+                if args.data_set not in name:
+                    continue
                 total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file())
                 count = sum(1 for p in source.rglob("*") if p.is_file())
-                for tool, run in tools(args.workers).items():
+                for tool, run in tools(args.workers, settings).items():
                     if args.only and args.only not in tool:
                         continue
                     bucket = f"bench-{uuid.uuid4().hex[:12]}"
