@@ -6,8 +6,12 @@ Each phase runs in a fresh Python subprocess, through the monitor as the daemon 
 `PollingMonitor` whose first pass is the start-up scan; the callback only counts events), so its
 peak RSS (`ru_maxrss`) is the scan's own and not left over from building the tree or from an
 earlier phase. "base" is the subprocess's RSS once the monitor is created, before the scan: the
-difference is what the scan itself held. The tree is listed once by `find` before the first phase
-(warm dentry cache for every contender).
+difference is what the scan itself held; "cpu" is the process's user+system time over the scan
+(steadier than wall time on a busy machine). The tree is listed once by `find` before the first
+phase (warm dentry cache for every contender).
+
+`--against DIR` compares with another version of the code (e.g. `git archive HEAD~3 fileconveyor
+| tar -x -C DIR`): each phase runs for both, alternately, on the same tree, each with its own index.
 
 Prints figures; asserts nothing (benchmarks are figures, not pass/fail timings).
 """
@@ -36,6 +40,11 @@ def build(root: str, files: int, per_dir: int) -> None:
             f.write("x")
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -52,22 +61,25 @@ def phase(root: str, index: str) -> dict[str, float]:
     monitor = PollingMonitor(callback, index, (), interval=3600.0)
     base = _rss_mib()
     monitor.add_tree(root)
+    cpu = _cpu()
     started = time.perf_counter()
     monitor.start()
     while not monitor.is_idle:  # a benchmark may poll: nothing here is a test's wait
         time.sleep(0.002)
     elapsed = time.perf_counter() - started
+    cpu = _cpu() - cpu
     monitor.stop()
-    return {"seconds": elapsed, "events": counted[0], "base_mib": base, "peak_mib": _rss_mib()}
+    return {"seconds": elapsed, "cpu": cpu, "events": counted[0], "base_mib": base, "peak_mib": _rss_mib()}
 
 
-def run_phase(root: str, index: str) -> dict[str, float]:
+def run_phase(code_dir: str, root: str, index: str) -> dict[str, float]:
+    """`phase` in a fresh interpreter that imports fileconveyor from `code_dir`."""
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]); "
+        "import json, sys; sys.path[:0] = [sys.argv[2], sys.argv[1]]; "
         "import bench_rescan; print(json.dumps(bench_rescan.phase(sys.argv[3], sys.argv[4])))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), REPO, root, index],
+        [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), code_dir, root, index],
         capture_output=True, text=True, check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -79,6 +91,7 @@ def main() -> None:
     parser.add_argument("--per-dir", type=int, default=100)
     parser.add_argument("--dir", default=None)
     parser.add_argument("--rescans", type=int, default=3, help="rescan repetitions (the best is printed too)")
+    parser.add_argument("--against", metavar="DIR", help="also run each phase with the fileconveyor package in DIR")
     args = parser.parse_args()
     base = tempfile.mkdtemp(prefix="fc-bench-", dir=args.dir)
     try:
@@ -91,18 +104,31 @@ def main() -> None:
         found = subprocess.run(["find", root, "-type", "f"], capture_output=True, check=True).stdout.count(b"\n")
         print(f"find -type f: {found} files in {time.perf_counter() - started:.2f} s")
 
-        def show(label: str, r: dict[str, float]) -> None:
-            print(f"{label}: {r['events']:.0f} events in {r['seconds']:.2f} s "
+        versions = {"this": REPO, **({"against": os.path.abspath(args.against)} if args.against else {})}
+        width = max(map(len, versions)) if args.against else 0
+
+        def show(label: str, version: str, r: dict[str, float]) -> None:
+            tag = f"[{version:{width}}] " if args.against else ""
+            print(f"{tag}{label}: {r['events']:.0f} events in {r['seconds']:.2f} s, cpu {r['cpu']:.2f} s "
                   f"({args.files / r['seconds']:,.0f} files/s); peak RSS {r['peak_mib']:.1f} MiB "
                   f"(base {r['base_mib']:.1f}, scan +{r['peak_mib'] - r['base_mib']:.1f})")
 
-        show("first scan (empty index)", run_phase(root, index))
-        results = [run_phase(root, index) for _ in range(args.rescans)]
-        for r in results:
-            show("rescan of the unchanged tree", r)
-        if len(results) > 1:
-            print(f"rescan best {min(r['seconds'] for r in results):.2f} s, "
-                  f"median {sorted(r['seconds'] for r in results)[len(results) // 2]:.2f} s")
+        results: dict[str, list[dict[str, float]]] = {v: [] for v in versions}
+        for version, code_dir in versions.items():
+            show("first scan (empty index)", version, run_phase(code_dir, root, os.path.join(base, f"{version}.db")))
+        for _ in range(args.rescans):
+            for version, code_dir in versions.items():
+                r = run_phase(code_dir, root, os.path.join(base, f"{version}.db"))
+                results[version].append(r)
+                show("rescan of the unchanged tree", version, r)
+        for version, runs in results.items():
+            if len(runs) > 1:
+                wall = sorted(r["seconds"] for r in runs)
+                cpu = sorted(r["cpu"] for r in runs)
+                print(f"{version}: rescan wall best {wall[0]:.2f} s, median {wall[len(wall) // 2]:.2f} s; "
+                      f"cpu best {cpu[0]:.2f} s, median {cpu[len(cpu) // 2]:.2f} s; "
+                      f"peak RSS {max(r['peak_mib'] for r in runs):.1f} MiB "
+                      f"(scan +{max(r['peak_mib'] - r['base_mib'] for r in runs):.1f})")
     finally:
         shutil.rmtree(base)
 

@@ -215,7 +215,8 @@ class PathScanner:
         ops a caller reports between pages; each page starts after the previous page's last key,
         so rows deleted behind it meanwhile do not shift it."""
         lo, hi = prefix_range(directory)
-        yield from self._pages(_SELECT_CHILDREN_PAGE, lambda last: (directory, last[1], page), page)
+        if lo != directory:  # "/" is its own prefix: the range covers its entries
+            yield from self._pages(_SELECT_CHILDREN_PAGE, lambda last: (directory, last[1], page), page)
         yield from self._pages(_SELECT_RANGE_PAGE, lambda last: (hi, last[0] or lo, last[1], page), page)
 
     def _pages(self, sql: str, params: Callable[[Key], tuple[Any, ...]], page: int) -> Iterator[list[tuple[Key, Entry]]]:
@@ -412,7 +413,7 @@ def scan_tree(
                 stack.append(path)
         for name, old in old_entries.items():
             if old.is_dir:
-                gone_dirs.append((f"{directory}/{name}", ((directory, name), None), None))
+                gone_dirs.append((join_key((directory, name)), ((directory, name), None), None))
             else:
                 gone_files.append((directory, name))
         if events or ops:
