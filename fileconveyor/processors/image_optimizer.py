@@ -57,12 +57,14 @@ PROGRESSIVE_FROM_BYTES = 10 * 1024
 PNG_RENDERING_CHUNKS: tuple[bytes, ...] = (
     b"iCCP", b"sRGB", b"gAMA", b"cHRM", b"cICP", b"mDCv", b"cLLi", b"sBIT", b"pHYs",
     b"acTL", b"fcTL", b"fdAT")
-#: oxipng's row filters to try (its level-2 preset otherwise: NoOp, Sub, Entropy, Bigrams). The
-#: final deflate and one trial per filter are most of the PNG time; on the benchmark's corpora
-#: (two generated PNG sets, palette PNGs and GIFs converted to PNG) dropping Bigrams cost 18 % less
-#: CPU for +0.01 % bytes overall (from -0.03 % to +0.06 % per set). Dropping NoOp or Sub, or keeping
-#: only NoOp (PNG's advice for palette images), cost 0.5 to 8 %. Names, for the worker's source.
-PNG_FILTERS: tuple[str, ...] = ("NoOp", "Sub", "Entropy")
+#: oxipng's row filters to try (its level-2 preset otherwise: NoOp, Sub, Entropy, Bigrams). One
+#: trial per filter and the final deflate are nearly all of the PNG time. Measured (CPU, output
+#: bytes) against the preset: the benchmark's PNGs -13 %, +0.08 %; a second generated set -21 %,
+#: +0.05 %; palette PNGs -22 %, -0.3 %; GIFs converted to PNG -25 %, equal; 250 real PNGs
+#: (icons, documentation images) -6 %, +0.02 %. Dropping Bigrams instead cost +0.55 % on the real
+#: PNGs; NoOp alone (PNG's advice for palette images) +8 % on dithered palettes. Names, for the
+#: worker's source.
+PNG_FILTERS: tuple[str, ...] = ("NoOp", "Sub", "Bigrams")
 #: Seconds one external tool or one PNG optimisation may take.
 TOOL_TIMEOUT = 300.0
 
