@@ -4,9 +4,9 @@
 
 Each phase runs in a fresh Python subprocess, through the monitor as the daemon runs it (a
 `PollingMonitor` whose first pass is the start-up scan; the callback only counts events), so its
-peak RSS (`ru_maxrss`) is not left over from building the tree or from an earlier phase. Opening
-an index with a large WAL can itself set that peak, so the scan's own peak is measured too: the
-high-water mark is reset (`/proc/self/clear_refs`, Linux) once the monitor is created, "base" is
+peak RSS (`ru_maxrss`) is not left over from an earlier phase. Linux carries the spawning
+process's high-water mark across exec into `ru_maxrss`, so this script keeps its own RSS small (it
+streams `find`'s output), and the scan's own peak is measured too: the high-water mark is reset (`/proc/self/clear_refs`, Linux) once the monitor is created, "base" is
 the RSS then, and "scan +" is VmHWM at the end minus base (without /proc: ru_maxrss minus base).
 "cpu" is the process's user+system time over the scan (steadier than wall time on a busy
 machine). The tree is listed once by `find` before the first phase (warm dentry cache for all).
@@ -124,7 +124,10 @@ def main() -> None:
         build(root, args.files, args.per_dir)
         print(f"created {args.files} files in {time.perf_counter() - started:.2f} s under {root}")
         started = time.perf_counter()
-        found = subprocess.run(["find", root, "-type", "f"], capture_output=True, check=True).stdout.count(b"\n")
+        with subprocess.Popen(["find", root, "-type", "f"], stdout=subprocess.PIPE) as find:
+            listing = find.stdout
+            assert listing is not None
+            found = sum(chunk.count(b"\n") for chunk in iter(lambda: listing.read(1 << 16), b""))
         print(f"find -type f: {found} files in {time.perf_counter() - started:.2f} s")
 
         versions = {"this": REPO, **({"against": os.path.abspath(args.against)} if args.against else {})}
