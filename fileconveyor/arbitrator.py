@@ -82,6 +82,8 @@ class _Record:
 
 
 RECORD_BATCH = 500
+#: Seconds dispatching waits at start-up for the monitor's comparison of the trees with its index.
+STARTUP_SCAN_WAIT = 120.0
 
 
 def runtime_status_path(settings: Settings) -> str:
@@ -178,15 +180,18 @@ class Arbitrator:
         self._cleaner = threading.Thread(target=self._guarded, args=(self._cleanup_loop,),
                                          name="cleaner", daemon=True)
         self._cleaner.start()
-        self._dispatcher = threading.Thread(target=self._guarded, args=(self._dispatch_loop,),
-                                            name="dispatcher", daemon=True)
-        self._dispatcher.start()
+        # The monitor first: its start-up comparison must queue what changed while the daemon was
+        # down before anything is dispatched, or a file recovered from pipeline_list could be
+        # uploaded, then uploaded again for the MODIFIED event the comparison finds for it.
         self.monitor = get_monitor(s.FSMONITOR_BACKEND, self._on_events, s.FSMONITOR_DB,
                                    self.config.ignored_dirs, on_crash=self._crash,
                                    poll_interval=s.POLL_INTERVAL)
         self.monitor.start()
         for source in self.config.sources.values():
             self.monitor.add_tree(source.scan_path)
+        self._dispatcher = threading.Thread(target=self._guarded, args=(self._dispatch_loop,),
+                                            name="dispatcher", daemon=True)
+        self._dispatcher.start()
         log.info("File Conveyor is up: %d source(s), %d server(s), %d rule(s); monitor: %s",
                  len(self.config.sources), len(self.config.servers), len(self.config.rules), self.monitor.name)
 
@@ -281,9 +286,21 @@ class Arbitrator:
 
     # --- dispatcher -----------------------------------------------------------------------------
 
+    def _wait_for_startup_scan(self) -> None:
+        """Hold dispatching until the monitor has delivered its start-up comparison (bounded: a
+        tree under constant churn may never look idle)."""
+        started = time.monotonic()
+        while self.monitor is not None and not self.monitor.is_idle and not self._stopping.is_set():
+            if time.monotonic() - started > STARTUP_SCAN_WAIT:
+                log.warning("The start-up scan is still running after %.0f s; dispatching anyway", STARTUP_SCAN_WAIT)
+                return
+            self._stopping.wait(0.05)
+        log.info("Start-up scan delivered after %.2f s; dispatching", time.monotonic() - started)
+
     def _dispatch_loop(self) -> None:
         assert self.pipeline is not None
         s = self.settings
+        self._wait_for_startup_scan()
         while not self._stopping.is_set():
             self._wake.clear()
             self._write_runtime_status()
@@ -446,14 +463,19 @@ class Arbitrator:
             job.finish_unit(_Failure("retryable", f"unexpected {type(error).__name__}: {error}"))
 
     def _send(self, job: Job, rule: Rule, destinations, output: str, seen: set[tuple[str, str]]) -> None:
+        assert self.pipeline is not None
         source = self.config.sources[rule.source]
         basename = os.path.basename(output)
+        uploads = []
         for destination in destinations:
             remote = routing.remote_path(destination, source, job.path, basename)
             key = (destination.server, remote)
             if key in seen:
                 continue  # two rules send this file to the same place: upload it once
             seen.add(key)
+            uploads.append((destination, remote))
+        self.pipeline.add_pending_uploads([(job.path, d.server, remote) for d, remote in uploads])
+        for destination, remote in uploads:
             done_key = f"{rule.key}|{destination.server}"
             job.add_pending()
             self.pools[destination.server].submit(TransportTask(
@@ -498,6 +520,8 @@ class Arbitrator:
                 batch.append(record)
             previous = self.synced.apply_many(
                 [(r.action, r.job.path, r.server, r.basename, r.url) for r in batch])
+            assert self.pipeline is not None
+            self.pipeline.clear_pending_uploads([(r.job.path, r.server, r.remote) for r in batch])
             for record, old in zip(batch, previous):
                 try:
                     self._recorded(record, old)
@@ -523,8 +547,11 @@ class Arbitrator:
                 log.info("Queueing %d file(s) that embed the URL of %s", len(dependents), job.path)
                 self.pipeline.put_many((d, Event.MODIFIED) for d in dependents if d != job.path)
                 self._wake.set()
+        stale = {leftover for leftover_server, leftover in self.pipeline.pending_uploads(job.path)
+                 if leftover_server == server and leftover != remote}
         if old is not None and old.transported_file_basename != basename:
-            old_remote = remote[: -len(basename)] + old.transported_file_basename
+            stale.add(remote[: -len(basename)] + old.transported_file_basename)
+        for old_remote in sorted(stale):
             job.add_pending()
             self.pools[server].submit(TransportTask(
                 "delete", old_remote, None,
@@ -539,6 +566,8 @@ class Arbitrator:
             log.warning("Could not delete the old copy %r on %s (now orphaned): %s", remote, server, error)
         else:
             log.info("Deleted old copy %r on %s", remote, server)
+            assert self.pipeline is not None
+            self.pipeline.clear_pending_uploads([(job.path, server, remote)])
         job.finish_unit()
 
     def _plan_deletion(self, job: Job) -> None:
@@ -552,6 +581,7 @@ class Arbitrator:
         if state == "scheduled":
             self.pipeline.forget_deletion(path)
         self.pipeline.forget_dependent(path)
+        targets: dict[str, set[str]] = {}
         for row in self.synced.for_file(path):
             if row.server not in self.pools:
                 log.warning("%s was synced to server %r, which is no longer configured; its row is kept",
@@ -563,11 +593,17 @@ class Arbitrator:
                             "forgetting its row", path, row.server)
                 self.synced.remove(path, row.server)
                 continue
-            for remote in remotes:
+            targets.setdefault(row.server, set()).update(remotes)
+        # Uploads that were started but never recorded (a crash in between) may have landed too.
+        for server, remote in self.pipeline.pending_uploads(path):
+            if server in self.pools:
+                targets.setdefault(server, set()).add(remote)
+        for server, server_remotes in sorted(targets.items()):
+            for remote in sorted(server_remotes):
                 job.add_pending()
-                self.pools[row.server].submit(TransportTask(
+                self.pools[server].submit(TransportTask(
                     "delete", remote, None,
-                    functools.partial(self._deleted, job, row.server, remote)))
+                    functools.partial(self._deleted, job, server, remote)))
 
     def _deleted(self, job: Job, server: str, remote: str, _url: str | None,
                  error: TransporterError | None) -> None:

@@ -65,6 +65,13 @@ SCHEMA = (
         input_file TEXT NOT NULL UNIQUE,
         delete_at REAL NOT NULL,
         state TEXT NOT NULL DEFAULT 'scheduled')""",
+    # Upload intents: written before an upload starts, removed once its row is in synced_files.db.
+    # A crash in between leaves the row here, so the remote copy can still be found and deleted.
+    """CREATE TABLE IF NOT EXISTS pending_uploads(
+        input_file TEXT NOT NULL,
+        server TEXT NOT NULL,
+        remote_path TEXT NOT NULL,
+        PRIMARY KEY (input_file, server, remote_path))""",
     """CREATE TABLE IF NOT EXISTS dependencies(
         dependent TEXT NOT NULL,
         dependency TEXT NOT NULL,
@@ -308,6 +315,26 @@ class PersistentPipeline:
     def forget_deletion(self, input_file: str) -> None:
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM files_to_delete_list WHERE input_file = ?", (input_file,))
+
+    # --- upload intents ------------------------------------------------------------------------
+
+    def add_pending_uploads(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """Record (input_file, server, remote_path) before those uploads start."""
+        if rows:
+            with self.db.transaction() as conn:
+                conn.executemany("INSERT OR IGNORE INTO pending_uploads(input_file, server, remote_path) "
+                                 "VALUES (?, ?, ?)", rows)
+
+    def pending_uploads(self, input_file: str) -> list[tuple[str, str]]:
+        """(server, remote_path) of uploads of `input_file` that were started but never recorded."""
+        rows = self.db.query("SELECT server, remote_path FROM pending_uploads WHERE input_file = ?", (input_file,))
+        return [(r[0], r[1]) for r in rows]
+
+    def clear_pending_uploads(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        if rows:
+            with self.db.transaction() as conn:
+                conn.executemany("DELETE FROM pending_uploads WHERE input_file = ? AND server = ? "
+                                 "AND remote_path = ?", rows)
 
     # --- dependencies between processed files ------------------------------------------------
 

@@ -43,6 +43,7 @@ def churn(rng: random.Random, source: str, operations: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_kill_9_rounds_during_a_5000_file_sync(tmp_path):
     seed = int(os.environ.get("FILECONVEYOR_KILL9_SEED", random.randrange(2**32)))
     print(f"kill -9 seed: {seed}")
@@ -69,3 +70,29 @@ def test_kill_9_rounds_during_a_5000_file_sync(tmp_path):
         wait_in_sync(setup, daemon, timeout=300)
         assert daemon.terminate() == 0
     assert all(v == 0 for v in counts(setup).values())
+
+
+def test_a_file_uploaded_but_not_recorded_before_a_crash_is_still_deleted_remotely(tmp_path):
+    """kill -9 between an upload and its row: the upload intent lets the deletion find the copy."""
+    setup = write_config(tmp_path, processors=("tests.e2e.processors.Copy",))
+    path = os.path.join(setup.source, "a.txt")
+    with open(path, "w") as handle:
+        handle.write("a")
+    with Daemon(setup) as daemon:
+        wait_in_sync(setup, daemon)
+    # Recreate the crash window by hand: the row vanishes, the intent stays (as if kill -9 hit
+    # after the upload but before the recorder's commit).
+    import sqlite3
+    conn = sqlite3.connect(setup.db("synced_files.db"))
+    conn.execute("DELETE FROM synced_files")
+    conn.commit()
+    conn.close()
+    conn = sqlite3.connect(setup.db("persistent_data.db"))
+    conn.execute("INSERT INTO pending_uploads VALUES (?, 'local', 'a.txt')", (path,))
+    conn.commit()
+    conn.close()
+    os.remove(path)
+    with Daemon(setup) as daemon:
+        wait_in_sync(setup, daemon)
+        assert not os.path.exists(os.path.join(setup.dest, "a.txt"))
+        assert daemon.terminate() == 0

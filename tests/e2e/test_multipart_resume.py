@@ -284,12 +284,6 @@ def test_file_changed_while_down_aborts_the_stale_upload_and_sends_the_new_conte
     assert query(_checkpoint(run.setup), "SELECT COUNT(*) FROM multipart_uploads") == [(0,)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (fileconveyor/arbitrator.py, Arbitrator.start): the dispatcher starts before the "
-    "monitor's start-up comparison (add_tree) has queued the offline changes, so a file that was "
-    "in flight at the crash and changed while the daemon was down is dispatched from "
-    "pipeline_list recovery (already reading the new bytes), and then the scan's MODIFIED for "
-    "the same path uploads the identical new content a second time (here 50 MiB twice)."))
 def test_file_changed_while_down_is_uploaded_once(
         tmp_path: pathlib.Path, moto_server: MotoServer, s3_bucket: str, slow_moto: TCPProxy) -> None:
     # 3,000 files that no rule syncs: the start-up comparison takes long enough that the recovered
@@ -300,10 +294,6 @@ def test_file_changed_while_down_is_uploaded_once(
     assert (len(changed.new_uploads), len(synced_lines)) == (1, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (tests/servers/moto.py): TCPProxy.close() takes 10 s: "
-                   "its acceptor thread stays blocked in accept() after the listener is closed, "
-                   "and close() joins it with a 10 s timeout (every throttled_proxy user pays "
-                   "10 s of teardown). Fix: shutdown(SHUT_RDWR) the listener before closing it.")
 def test_tcp_proxy_closes_promptly(moto_server: MotoServer) -> None:
     proxy = TCPProxy(moto_server.port, rate=RATE)
     started = time.monotonic()

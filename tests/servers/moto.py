@@ -321,6 +321,10 @@ class TCPProxy:
 
     def close(self) -> None:
         self._closed.set()
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the acceptor blocked in accept()
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             sockets = list(self._sockets)
