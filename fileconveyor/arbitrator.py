@@ -82,6 +82,15 @@ class _Record:
 
 
 RECORD_BATCH = 500
+
+
+@dataclasses.dataclass
+class _Uploads:
+    """Uploads planned but not started: their intents are written together before any starts."""
+
+    intents: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    tasks: list[tuple[str, TransportTask]] = dataclasses.field(default_factory=list)
+
 #: Seconds dispatching waits at start-up for the monitor's comparison of the trees with its index.
 STARTUP_SCAN_WAIT = 120.0
 
@@ -310,16 +319,18 @@ class Arbitrator:
             with self._jobs_lock:
                 capacity = s.MAX_FILES_IN_PIPELINE - len(self._jobs)
             items = self.pipeline.claim(capacity) if capacity > 0 else []
+            uploads = _Uploads()
             for item in items:
                 job = Job(self, item)
                 with self._jobs_lock:
                     self._jobs[item.input_file] = job
                 try:
-                    self._plan(job)
+                    self._plan(job, uploads)
                 except Exception as error:  # noqa: BLE001 - one file's problem, not the daemon's
                     log.error("Cannot plan %r", item.input_file, exc_info=True)
                     job.failures.append(_Failure("retryable", f"unexpected {type(error).__name__}: {error}"))
                 job.finish_unit()
+            self._start_uploads(uploads)
             if items and len(items) == capacity:
                 continue  # more may be waiting; loop again without sleeping
             self._wake.wait(self._sleep_time())
@@ -379,7 +390,7 @@ class Arbitrator:
 
     # --- planning one path -------------------------------------------------------------------------
 
-    def _plan(self, job: Job) -> None:
+    def _plan(self, job: Job, uploads: "_Uploads") -> None:
         assert self.pipeline is not None and self.synced is not None
         path, event = job.path, job.item.event
         if event is Event.DELETED:
@@ -401,7 +412,7 @@ class Arbitrator:
             if not destinations:
                 continue
             if not chain.processor_classes:
-                self._send(job, rule, destinations, path, seen)
+                self._send(job, rule, destinations, path, seen, uploads)
             elif chain.depends_on_server(path):
                 for destination in destinations:
                     self._process(job, rule, chain, [destination], destination.server, seen)
@@ -443,7 +454,9 @@ class Arbitrator:
             for destination in destinations:
                 self.pipeline.set_dependencies(job.path, destination.server, context.dependencies)  # type: ignore[union-attr]
             try:
-                self._send(job, rule, destinations, output, seen)
+                uploads = _Uploads()
+                self._send(job, rule, destinations, output, seen, uploads)
+                self._start_uploads(uploads)
             finally:
                 job.finish_unit()
 
@@ -462,25 +475,30 @@ class Arbitrator:
             log.critical("Unexpected error while syncing %s", job.path, exc_info=True)
             job.finish_unit(_Failure("retryable", f"unexpected {type(error).__name__}: {error}"))
 
-    def _send(self, job: Job, rule: Rule, destinations, output: str, seen: set[tuple[str, str]]) -> None:
-        assert self.pipeline is not None
+    def _send(self, job: Job, rule: Rule, destinations, output: str, seen: set[tuple[str, str]],
+              uploads: "_Uploads") -> None:
+        """Add `output`'s uploads to `uploads`; `_start_uploads` records their intents and starts them."""
         source = self.config.sources[rule.source]
         basename = os.path.basename(output)
-        uploads = []
         for destination in destinations:
             remote = routing.remote_path(destination, source, job.path, basename)
             key = (destination.server, remote)
             if key in seen:
                 continue  # two rules send this file to the same place: upload it once
             seen.add(key)
-            uploads.append((destination, remote))
-        self.pipeline.add_pending_uploads([(job.path, d.server, remote) for d, remote in uploads])
-        for destination, remote in uploads:
             done_key = f"{rule.key}|{destination.server}"
             job.add_pending()
-            self.pools[destination.server].submit(TransportTask(
+            uploads.intents.append((job.path, destination.server, remote))
+            uploads.tasks.append((destination.server, TransportTask(
                 "upload", remote, output,
-                functools.partial(self._uploaded, job, destination.server, remote, basename, done_key)))
+                functools.partial(self._uploaded, job, destination.server, remote, basename, done_key))))
+
+    def _start_uploads(self, uploads: "_Uploads") -> None:
+        """Make the intents durable (one transaction for a whole dispatch batch), then upload."""
+        assert self.pipeline is not None
+        self.pipeline.add_pending_uploads(uploads.intents)
+        for server, task in uploads.tasks:
+            self.pools[server].submit(task)
 
     def _uploaded(self, job: Job, server: str, remote: str, basename: str, done_key: str, url: str | None,
                   error: TransporterError | None) -> None:
