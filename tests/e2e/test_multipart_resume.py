@@ -295,7 +295,8 @@ def test_file_changed_while_down_is_uploaded_once(
 
 
 def test_tcp_proxy_closes_promptly(moto_server: MotoServer) -> None:
+    """The acceptor must end when the proxy closes (it used to stay blocked in accept(), and
+    close() waited out a 10 s join for it)."""
     proxy = TCPProxy(moto_server.port, rate=RATE)
-    started = time.monotonic()
     proxy.close()
-    assert time.monotonic() - started < 2.0
+    assert not proxy._acceptor.is_alive()
