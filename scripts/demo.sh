@@ -37,6 +37,7 @@ cat > "$demo/config.xml" <<XML
       <filter><extensions>css:js:png:jpg:gif:svg:woff2</extensions></filter>
       <processorChain>
         <processor name="filename.SpacesToDashes" />
+        <processor name="link_updater.CSSURLUpdater" />
         <processor name="unique_filename.MD5" />
       </processorChain>
       <destinations><destination server="www" path="static" /></destinations>
@@ -60,7 +61,7 @@ if ! $fc status --config "$demo/config.xml" | grep -q "is running"; then
 fi
 echo "demo $(date)" > "$demo/site/changed-while-running.txt"
 for _ in $(seq 1 50); do
-    [ "$($fc status --json --config "$demo/config.xml" | .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print(r["waiting"] + r["in_flight"])')" = 0 ] \
+    [ "$($fc status --json --config "$demo/config.xml" | .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print(r["waiting"] + r["in_flight"] + r["failed"])')" = 0 ] \
         && [ -e "$demo/www/changed-while-running.txt" ] && break
     sleep 0.2
 done
@@ -76,6 +77,9 @@ import sqlite3, sys
 for input_file, url in sqlite3.connect(sys.argv[1]).execute("SELECT input_file, url FROM synced_files ORDER BY input_file"):
     print(f"  {input_file} -> {url}")
 PY
+echo
+echo "The published stylesheet refers to the image's published URL:"
+cat "$demo"/www/static/css/site_*.css
 echo
 echo "The daemon keeps running. Change files in demo/site and watch demo/www; the log is demo/state/fileconveyor.log."
 echo "Stop it with: .venv/bin/fileconveyor stop --config demo/config.xml"
