@@ -79,7 +79,7 @@ for input_file, url in sqlite3.connect(sys.argv[1]).execute("SELECT input_file, 
 PY
 echo
 echo "The published stylesheet refers to the image's published URL:"
-cat "$demo"/www/static/css/site_*.css
+cat "$demo"/www/static/css/site_*.css 2>/dev/null || echo "(not published yet; see: .venv/bin/fileconveyor status --config demo/config.xml)"
 echo
 echo "The daemon keeps running. Change files in demo/site and watch demo/www; the log is demo/state/fileconveyor.log."
 echo "Stop it with: .venv/bin/fileconveyor stop --config demo/config.xml"
