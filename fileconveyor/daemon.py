@@ -112,6 +112,10 @@ class Runner:
         self.ready = ready
         self.stop_requested = threading.Event()
         self.wake = threading.Event()
+        #: Restarts in a row that failed, or crashed within STABLE_UPTIME; each doubles the wait (up
+        #: to MAX_RESTART_WAIT), so a daemon that cannot run does not spin (the original retried
+        #: every 10 s forever).
+        self.failed_restarts = 0
 
     def _on_stop_signal(self, signum: int, _frame: object) -> None:
         log.warning("Received %s: stopping", signal.Signals(signum).name)
@@ -145,7 +149,8 @@ class Runner:
                 except Exception as error:
                     arbitrator.stop(timeout=5)
                     if restarted:
-                        log.critical("Restart failed: %s", error, exc_info=True)
+                        self.failed_restarts += 1
+                        log.critical("Restart failed (%d in a row): %s", self.failed_restarts, error, exc_info=True)
                         if self._wait_for_restart():
                             continue
                         return 1
@@ -153,6 +158,7 @@ class Runner:
                     raise
                 self.ready(None)
                 self.ready = lambda error: None
+                started_at = time.monotonic()
                 while not self.stop_requested.is_set() and not arbitrator.crashed.is_set():
                     self.wake.wait(60)
                     self.wake.clear()
@@ -160,6 +166,10 @@ class Runner:
                 if self.stop_requested.is_set():
                     break
                 log.critical("File Conveyor stopped after an unexpected error: %s", arbitrator.crash_error)
+                if time.monotonic() - started_at < STABLE_UPTIME:
+                    self.failed_restarts += 1  # crashing again soon after a start: back off
+                else:
+                    self.failed_restarts = 0
                 if not self._wait_for_restart():
                     return 1
                 restarted = True
@@ -173,8 +183,10 @@ class Runner:
         settings = self.config.settings
         if not settings.RESTART_AFTER_UNHANDLED_EXCEPTION:
             return False
-        log.warning("Restarting in %.1f s (RESTART_AFTER_UNHANDLED_EXCEPTION)", settings.RESTART_INTERVAL)
-        if self.stop_requested.wait(settings.RESTART_INTERVAL):
+        wait = min(settings.RESTART_INTERVAL * (2 ** min(self.failed_restarts, 20)),
+                   max(settings.RESTART_INTERVAL, MAX_RESTART_WAIT))
+        log.warning("Restarting in %.1f s (RESTART_AFTER_UNHANDLED_EXCEPTION)", wait)
+        if self.stop_requested.wait(wait):
             return False
         try:
             self.config = load_config(self.config_path)
@@ -186,6 +198,9 @@ class Runner:
 # --- start / stop -------------------------------------------------------------------------------
 
 READY_TIMEOUT = 120.0
+MAX_RESTART_WAIT = 300.0
+#: A run this long (seconds) without a crash resets the restart backoff.
+STABLE_UPTIME = 60.0
 
 
 def read_readiness(read_end: int, timeout: float) -> str:

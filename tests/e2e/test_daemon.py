@@ -290,3 +290,26 @@ def test_upgrade_command_converts_an_original_state_directory(tmp_path):
     with Daemon(setup) as daemon:
         wait_in_sync(setup, daemon)
         assert daemon.terminate() == 0
+
+
+def test_repeated_crashes_back_off_and_recover(tmp_path):
+    setup = write_config(tmp_path)
+    marker = os.path.join(setup.state, "crash-now")
+    config = open(setup.config).read().replace('transporter="symlink_or_copy"', 'transporter="tests.e2e.crashy"')
+    config = config.replace("</location>", f"</location><crash_marker>{marker}</crash_marker>")
+    open(setup.config, "w").write(config)
+    open(marker, "w").close()
+    write(os.path.join(setup.source, "a.txt"), "a")
+
+    def waits() -> list[float]:
+        return [float(line.split("Restarting in ")[1].split(" s")[0])
+                for line in open(setup.log_file) if "Restarting in " in line]
+
+    with Daemon(setup) as daemon:
+        wait_for(lambda: len(waits()) >= 3, timeout=60, what="three restarts")
+        first = waits()[:3]
+        assert first == sorted(first) and first[2] >= 4 * first[0], first
+        os.remove(marker)
+        wait_in_sync(setup, daemon, timeout=60)
+        assert daemon.process.poll() is None
+        assert daemon.terminate() == 0
