@@ -57,12 +57,16 @@ def test_real_queue_overflow_triggers_a_rescan_that_loses_nothing(inotify: Harne
         monitor = inotify.create(got, max_pending=1)
     finally:
         knob.write_text(old)
+    for d in range(3):
+        (tree / f"d{d}").mkdir()
+    got.gate.set()
     monitor.add_tree(str(tree))
     monitor.start()
+    inotify.settle(monitor)  # every directory is watched before the reader is made to fall behind
+    got.gate.clear()
     files = []
     for i in range(300):
         path = tree / f"d{i % 3}" / f"f{i}"
-        path.parent.mkdir(exist_ok=True)
         path.write_text(str(i))
         files.append(str(path))
     got.gate.set()
