@@ -1,8 +1,10 @@
 """The `fileconveyor` command. The only place that maps errors to exit codes and sets up logging.
 
 Exit codes: 0 success; 1 failure (daemon did not start or stop, files missing in `verify`,
-upgrade failed); 2 bad config or bad usage. No traceback reaches a user: unexpected errors are
-logged with their traceback to the log file and summarised on stderr.
+upgrade failed, a state database damaged, lost or unreadable: also for `status`, which still
+prints what it could read); 2 bad config or bad usage; 141 stdout closed early (`| head`).
+No traceback reaches a user: unexpected errors are logged with their traceback to the log file
+only and summarised on stderr in one line.
 """
 from __future__ import annotations
 
@@ -110,7 +112,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     reopen = setup_logging(config.settings, console=args.ready_fd is None, verbose=args.verbose)
     for warning in config.warnings:
         log.warning("%s", warning)
+    _prepare_state(config, ready)
     return Runner(os.path.abspath(args.config), config, reopen, ready).run()
+
+
+def _prepare_state(config: Config, ready: Callable[[str | None], None]) -> None:
+    """Check the state databases together before the daemon uses them (fileconveyor.pipeline.state);
+    skipped when a daemon already runs (it is told so by the PID file, next)."""
+    from fileconveyor.daemon import running_pid
+    from fileconveyor.pipeline import state
+    from fileconveyor.pipeline.db import DatabaseError
+
+    if running_pid(config.settings.PID_FILE) is not None:
+        return
+    try:
+        for line in state.prepare(config.settings):
+            log.warning("%s", line)
+    except DatabaseError as error:
+        log.critical("%s", error)
+        ready(str(error))
+        raise
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -135,12 +156,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def status_report(config: Config) -> dict[str, Any]:
+    """What `status` shows. Reads only: the databases are opened read-only (a user who may only
+    read them can run it), and a database that cannot be read is a line in `problems`, not a crash."""
     from fileconveyor.daemon import running_pid
+    from fileconveyor.pipeline import state
+    from fileconveyor.pipeline.db import DatabaseError
     from fileconveyor.pipeline.queue import PersistentPipeline
-    from fileconveyor.pipeline.synced_files import SyncedFiles
 
     s = config.settings
-    report: dict[str, Any] = {"running": False, "pid": None, "pid_file": s.PID_FILE}
+    report: dict[str, Any] = {"running": False, "pid": None, "pid_file": s.PID_FILE, "problems": []}
+    try:
+        report["problems"].extend(state.check(s))
+    except DatabaseError as error:
+        report["problems"].append(str(error))
     pid = running_pid(s.PID_FILE)
     if pid is not None:
         report.update(running=True, pid=pid)
@@ -152,34 +180,53 @@ def status_report(config: Config) -> dict[str, Any]:
                 report["runtime"] = runtime
         except (OSError, ValueError):
             pass
-    if os.path.exists(s.PERSISTENT_DATA_DB):
-        pipeline = PersistentPipeline(s.PERSISTENT_DATA_DB)
+    report.update(waiting=0, in_flight=0, failed=0, to_delete=0, in_flight_files=[], failed_files=[])
+    if _has_content(s.PERSISTENT_DATA_DB):
         try:
-            report.update(pipeline.counts())
-            report["in_flight_files"] = [i.input_file for i in pipeline.in_flight()[:100]]
-            report["failed_files"] = [
-                {"file": f.input_file, "event": f.event.name, "attempts": f.attempts, "kind": f.kind,
-                 "reason": f.reason, "next_try": f.next_try} for f in pipeline.failed_items(100)]
-        finally:
-            pipeline.close()
-    else:
-        report.update(waiting=0, in_flight=0, failed=0, to_delete=0, in_flight_files=[], failed_files=[])
-    synced: dict[str, int] = {name: 0 for name in config.servers}
-    if os.path.exists(s.SYNCED_FILES_DB):
-        db = SyncedFiles(s.SYNCED_FILES_DB)
+            pipeline = PersistentPipeline(s.PERSISTENT_DATA_DB, readonly=True)
+            try:
+                report.update(pipeline.counts())
+                report["in_flight_files"] = [i.input_file for i in pipeline.in_flight()[:100]]
+                report["failed_files"] = [
+                    {"file": f.input_file, "event": f.event.name, "attempts": f.attempts, "kind": f.kind,
+                     "reason": f.reason, "next_try": f.next_try} for f in pipeline.failed_items(100)]
+            finally:
+                pipeline.close()
+        except DatabaseError as error:
+            report.update(waiting=None, in_flight=None, failed=None, to_delete=None)
+            report["problems"].append(str(error))
+    synced: dict[str, int | None] = {name: 0 for name in config.servers}
+    if _has_content(s.SYNCED_FILES_DB):
         try:
-            synced.update(db.counts_per_server())
-        finally:
-            db.close()
+            db = state.open_synced_files(s, readonly=True)
+            try:
+                synced.update(db.counts_per_server())
+            finally:
+                db.close()
+        except DatabaseError as error:
+            synced = {name: None for name in config.servers}
+            report["problems"].append(str(error))
     report["synced"] = synced
+    report["problems"] = list(dict.fromkeys(report["problems"]))
     return report
 
 
+def _has_content(path: str) -> bool:
+    """A database file worth reading: absent or 0 bytes means nothing recorded yet (state.check
+    tells when that is itself the problem)."""
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:
+        return False
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 when everything could be read, 1 when a state database is damaged, lost or unreadable."""
     report = status_report(_load(args))
+    status = 1 if report["problems"] else 0
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
-        return 0
+        return status
     state = f"running (PID {report['pid']})" if report["running"] else "not running"
     print(f"File Conveyor is {state}")
     runtime = report.get("runtime")
@@ -191,9 +238,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         for server, state_ in sorted(runtime.get("servers", {}).items()):
             if state_.get("paused"):
                 print(f"  server {server} is PAUSED ({state_['queued']} queued): {state_['paused']}")
-    print(f"  waiting:   {report['waiting']}")
-    print(f"  in flight: {report['in_flight']}")
-    print(f"  failed:    {report['failed']}")
+        for database in runtime.get("databases_degraded", []):
+            print(f"  database {database['path']}: {database['problem']} for {time.time() - database['since']:.0f} s,"
+                  f" writes retried ({database['attempts']} attempt(s)): {database['detail']}")
+
+    def shown(value: int | None) -> str:
+        return "unknown" if value is None else str(value)
+    print(f"  waiting:   {shown(report['waiting'])}")
+    print(f"  in flight: {shown(report['in_flight'])}")
+    print(f"  failed:    {shown(report['failed'])}")
     now = time.time()
     for failed in report["failed_files"][:20]:
         wait = max(0, failed["next_try"] - now)
@@ -203,15 +256,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  source files scheduled for deletion: {report['to_delete']}")
     print("  synced per server:")
     for server, count in sorted(report["synced"].items()):
-        print(f"    {server}: {count}")
-    return 0
+        print(f"    {server}: {shown(count)}")
+    for problem in report["problems"]:
+        print(f"  PROBLEM: {problem}")
+    return status
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from fileconveyor.verify import verify
 
     config = _load(args)
-    setup_logging(config.settings, console=True, verbose=args.verbose)
+    try:
+        setup_logging(config.settings, console=True, verbose=args.verbose)
+    except OSError as error:  # a user who may only read the state cannot write the daemon's log
+        setup_logging(Settings({**config.settings.as_dict(), "LOG_FILE": ""}), console=True, verbose=args.verbose)
+        log.warning("Not logging to %s (%s); messages go to the console only", config.settings.LOG_FILE, error)
     return verify(config, requeue=args.requeue, out=sys.stdout)
 
 
@@ -267,8 +326,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown and args.command != "upgrade":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.upgrade_args = unknown
+    logging.raiseExceptions = False  # a log write failing (disk full) must not print a traceback
     try:
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is reported below, not by Python
+        return status
+    except BrokenPipeError:
+        # `fileconveyor status | head`: the reader left. Nothing more can be said on stdout, and
+        # Python must not try to flush it again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by SIGPIPE
     except ConfigError as error:
         for problem in error.problems:
             print(str(problem), file=sys.stderr)
@@ -279,10 +346,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DaemonError, DatabaseError) as error:
         print(f"fileconveyor: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a state or log file that cannot be read or written: say which
+        print(f"fileconveyor: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # noqa: BLE001 - the one place that turns a bug into a message
-        logging.getLogger("fileconveyor").critical("Unexpected error", exc_info=True)
+        # The traceback goes to the log FILE only: console handlers (and logging's last-resort
+        # handler when none is set up) would print it to the user.
+        record = log.makeRecord(log.name, logging.CRITICAL, __file__, 0, "Unexpected error", (), sys.exc_info())
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
         print(f"fileconveyor: unexpected {type(error).__name__}: {error} (details in the log file)",
               file=sys.stderr)
         return 1

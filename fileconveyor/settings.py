@@ -90,6 +90,9 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("PID_FILE", "~/.fileconveyor.pid", _text, is_path=True),
     SettingSpec("PERSISTENT_DATA_DB", "persistent_data.db", _text, is_path=True),
     SettingSpec("SYNCED_FILES_DB", "synced_files.db", _text, is_path=True),
+    SettingSpec("SYNCED_FILES_WAL", False, _bool,
+                doc="WAL journal for synced_files.db: faster commits, but readers must be able to "
+                    "write beside it (docs/state.md)"),
     SettingSpec("FSMONITOR_DB", "fsmonitor.db", _text, is_path=True,
                 doc="the path index (hard-coded in the original)"),
     SettingSpec("WORKING_DIR", "/tmp/fileconveyor", _text, is_path=True,

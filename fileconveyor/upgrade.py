@@ -58,10 +58,12 @@ import sqlite3
 import stat as statmod
 import sys
 import time
+import types
 from typing import Callable, Iterable, Mapping, Sequence
 
 from fileconveyor.fsmonitor import pathscanner
 from fileconveyor.fsmonitor.base import Event
+from fileconveyor.pipeline import db
 from fileconveyor.pipeline import queue as pipeline_schema
 from fileconveyor.pipeline import synced_files as synced_files_schema
 
@@ -534,9 +536,12 @@ _FSMONITOR = _Kind("fsmonitor.db", _detect_fsmonitor, {ORIGINAL_VERSION: _migrat
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=LOCK_TIMEOUT_SECONDS, isolation_level=None)
-    conn.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT_SECONDS * 1000)}")
-    return conn
+    """Through the state-database gate (its busy timeout, errors naming the file), with a short
+    timeout: a daemon holding the file is reported, not waited for."""
+    try:
+        return db.connect(path, timeout=LOCK_TIMEOUT_SECONDS)
+    except db.DatabaseError as error:
+        raise UpgradeError(f"{error}; nothing was changed") from None
 
 
 def _backup_path(path: str) -> str:
@@ -579,10 +584,7 @@ def _upgrade_file(path: str, kind: _Kind, options: UpgradeOptions) -> list[str]:
     header = f"{kind.label} ({path})"
     if not os.path.exists(path):
         return [f"{header}: not found, nothing to do"]
-    try:
-        conn = _connect(path)
-    except sqlite3.Error as error:
-        raise UpgradeError(f"cannot open {path}: {error}") from None
+    conn = _connect(path)
     try:
         return _upgrade_open_file(path, kind, conn, header, options)
     except sqlite3.Error as error:
@@ -602,7 +604,7 @@ def _upgrade_open_file(path: str, kind: _Kind, conn: sqlite3.Connection, header:
     if version == CURRENT_VERSION:
         return [f"{header}: already current (schema {CURRENT_VERSION})"]
     _begin_exclusive(conn, path)
-    conn.execute("ROLLBACK")
+    conn.execute("ROLLBACK")  # only proving that nobody holds the file
     data_version = conn.execute("PRAGMA data_version").fetchone()[0]
     backup = _backup(conn, path)
     report = [f"{header}: schema {version} -> {CURRENT_VERSION}; backup: {backup}"]
@@ -616,10 +618,11 @@ def _upgrade_open_file(path: str, kind: _Kind, conn: sqlite3.Connection, header:
             kind.migrations[version](conn, report, options)
             version += 1
         conn.execute(f"PRAGMA user_version = {CURRENT_VERSION}")
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite rolls back by itself on a full disk; that error is the one to show
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     if kind.vacuum:
         conn.execute("VACUUM")
     log.info("upgraded %s to schema %d", path, CURRENT_VERSION)
@@ -631,16 +634,18 @@ def _refuse_newer_files(paths: Sequence[tuple[str, _Kind]]) -> None:
     for path, kind in paths:
         if not os.path.exists(path):
             continue
+        conn = _connect(path)
         try:
-            conn = _connect(path)
-            try:
-                version = _user_version(conn)
-            finally:
-                conn.close()
+            version = _user_version(conn)
         except sqlite3.Error as error:
             if "locked" in str(error):
                 raise _in_use(path, error) from None
+            if isinstance(db.classify(path, error), db.DatabaseDamaged):
+                raise UpgradeError(f"{path} is damaged ({error}); nothing was changed. Restore it from a "
+                                   "backup, or move it aside and run `fileconveyor upgrade --resync-all`") from None
             raise UpgradeError(f"cannot read {path}: {error}; nothing was changed") from None
+        finally:
+            conn.close()
         _refuse_newer(kind.label, path, version)
 
 
@@ -679,29 +684,49 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--synced-files-db", metavar="FILE", help="overrides SYNCED_FILES_DB")
     parser.add_argument("--fsmonitor-db", metavar="FILE", help="overrides FSMONITOR_DB")
     parser.add_argument("--resync-all", action="store_true",
-                        help="mark every file in the original's fsmonitor.db as changed, so the next start "
-                             "re-syncs all of them (default: files whose mtime, in whole seconds as the "
-                             "original recorded it, is unchanged are kept as synced)")
+                        help="compare every file again at the next start: the path index (fsmonitor.db) is "
+                             "emptied and seeded from synced_files.db, so files still on disk are synced again "
+                             "and files gone are deleted remotely; also the way to accept a synced_files.db "
+                             "that was lost or replaced. For an original fsmonitor.db: mark every file changed "
+                             "(default: files whose whole-second mtime is unchanged are kept as synced)")
     return parser
 
 
-def _database_paths(args: argparse.Namespace) -> tuple[str, str, str]:
-    """The three paths: explicit options first, then the config's settings, then the defaults.
-    Raises ConfigError/SettingError/OSError for a config that cannot be read."""
+def _state_settings(args: argparse.Namespace) -> types.SimpleNamespace:
+    """The database paths (explicit options first, then the config's settings, then the defaults),
+    SYNCED_FILES_WAL and PID_FILE. Raises ConfigError/SettingError/OSError for a config that
+    cannot be read."""
     from fileconveyor import settings as settings_module
 
     explicit = tuple(os.path.abspath(p) if p else None
                      for p in (args.persistent_data_db, args.synced_files_db, args.fsmonitor_db))
-    if all(explicit):
-        return explicit  # type: ignore[return-value]
     if args.config:
         from fileconveyor.config import load_config
 
         settings = load_config(args.config).settings
     else:
         settings = settings_module.defaults(os.getcwd())
-    return (explicit[0] or settings.PERSISTENT_DATA_DB, explicit[1] or settings.SYNCED_FILES_DB,
-            explicit[2] or settings.FSMONITOR_DB)
+    return types.SimpleNamespace(
+        PERSISTENT_DATA_DB=explicit[0] or settings.PERSISTENT_DATA_DB,
+        SYNCED_FILES_DB=explicit[1] or settings.SYNCED_FILES_DB,
+        FSMONITOR_DB=explicit[2] or settings.FSMONITOR_DB,
+        SYNCED_FILES_WAL=settings.SYNCED_FILES_WAL, PID_FILE=settings.PID_FILE)
+
+
+def resync_all(settings: types.SimpleNamespace) -> list[str]:
+    """`--resync-all` for current databases: the next start compares every file with the disk
+    (fileconveyor.pipeline.state.reset_index). Refused while the daemon runs."""
+    from fileconveyor.daemon import running_pid
+    from fileconveyor.pipeline import state
+
+    pid = running_pid(settings.PID_FILE)
+    if pid is not None:
+        raise UpgradeError(f"File Conveyor is running (PID {pid}, PID file {settings.PID_FILE}); stop it "
+                           "first with `fileconveyor stop`, then run `fileconveyor upgrade --resync-all` again")
+    try:
+        return state.reset_index(settings)
+    except db.DatabaseError as error:
+        raise UpgradeError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -712,13 +737,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_request:  # argparse already printed usage or help
         return exit_request.code if isinstance(exit_request.code, int) else 2
     try:
-        paths = _database_paths(args)
+        settings = _state_settings(args)
     except Exception as error:  # ConfigError, SettingError, OSError: all mean "fix the config"
         log.debug("loading %s failed", args.config, exc_info=True)
         print(f"fileconveyor upgrade: cannot use the config {args.config}:\n{error}", file=sys.stderr)
         return 2
     try:
-        report = upgrade_databases(*paths, UpgradeOptions(trust_mtime_seconds=not args.resync_all))
+        report = upgrade_databases(settings.PERSISTENT_DATA_DB, settings.SYNCED_FILES_DB, settings.FSMONITOR_DB,
+                                   UpgradeOptions(trust_mtime_seconds=not args.resync_all))
+        if args.resync_all:
+            report.extend(resync_all(settings))
     except UpgradeError as error:
         print(f"fileconveyor upgrade: {error}", file=sys.stderr)
         return 1

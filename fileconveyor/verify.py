@@ -7,7 +7,8 @@ in parallel, one transporter (connection) each.
 
 Exit status: 0 when everything is there, 1 when anything is missing or could not be checked.
 `--requeue` queues the missing files again (MODIFIED if the source still exists, else DELETED so
-that the stale row goes away); the running daemon picks them up within seconds.
+that the stale row goes away); the running daemon picks them up within seconds. Without
+`--requeue` the databases are opened read-only: a user who may only read them can verify.
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from fileconveyor import routing
 from fileconveyor.config import Config, ConfigError, load_config
 from fileconveyor.fsmonitor.base import Event
 from fileconveyor.pipeline.queue import PersistentPipeline
-from fileconveyor.pipeline.synced_files import SyncedFile, SyncedFiles
+from fileconveyor.pipeline import state
+from fileconveyor.pipeline.db import DatabaseError
+from fileconveyor.pipeline.synced_files import SyncedFile
 from fileconveyor.transporters.base import TransporterContext, TransporterError, resolve_transporter
 
 
@@ -52,10 +55,16 @@ def _check_server(config: Config, server: str, rows: list[SyncedFile]) -> tuple[
 
 
 def verify(config: Config, requeue: bool = False, out: TextIO = sys.stdout) -> int:
-    if not os.path.exists(config.settings.SYNCED_FILES_DB):
-        print(f"No synced files yet ({config.settings.SYNCED_FILES_DB} does not exist)", file=out)
+    """Raises DatabaseError (naming the file) when synced_files.db is damaged, unreadable, or lost
+    while the path index says files were synced: "checked 0, all present" would be a lie then."""
+    for warning in state.check(config.settings):
+        print(f"warning: {warning}", file=out)
+    path = config.settings.SYNCED_FILES_DB
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        print(f"No synced files yet ({path} {'does not exist' if not os.path.exists(path) else 'is empty'})",
+              file=out)
         return 0
-    synced = SyncedFiles(config.settings.SYNCED_FILES_DB)
+    synced = state.open_synced_files(config.settings, readonly=True)  # creates nothing, locks nothing
     try:
         rows = list(synced.all())
     finally:
@@ -104,7 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in error.problems:
             print(str(problem), file=sys.stderr)
         return 2
-    return verify(config, requeue=args.requeue)
+    try:
+        return verify(config, requeue=args.requeue)
+    except DatabaseError as error:
+        print(f"verify: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

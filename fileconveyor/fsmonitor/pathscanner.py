@@ -19,7 +19,8 @@ counts as version 1)::
 
 Version 1 (original) had only `path, filename, mtime` (mtime in whole seconds, -1 for
 directories). Opening a version 1 file raises `MonitorError` asking for `fileconveyor upgrade`:
-silently reinterpreting seconds as nanoseconds would report every file MODIFIED.
+silently reinterpreting seconds as nanoseconds would report every file MODIFIED. A damaged file
+is moved aside and rebuilt (see `PathScanner`).
 
 Why it is shaped like this:
 
@@ -36,19 +37,25 @@ Why it is shaped like this:
   transaction per delivered batch. WAL with synchronous=NORMAL: a power cut may lose the last
   index transactions, which only makes the next scan report those files again (a repeat, never
   a loss). The file is created 0600 before SQLite opens it (SQLite gives -wal/-shm the same mode).
+  It is opened through the state-database gate (`fileconveyor.pipeline.db`: busy timeout, retries
+  on BUSY and a full disk, errors that name the file). Only the daemon reads it, so WAL's -shm
+  file costs no reader anything.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import sqlite3
 import stat as statmod
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol
 
 from fileconveyor.fsmonitor.base import Event, FSEvent, MonitorError
+from fileconveyor.pipeline.db import Database, DatabaseDamaged, DatabaseError, Journal
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,8 @@ _SELECT_RANGE_PAGE = (
 _SELECT_ONE = "SELECT mtime, size, is_dir FROM pathscanner WHERE path = ? AND filename = ?"
 _UPSERT = "INSERT OR REPLACE INTO pathscanner(path, filename, mtime, size, is_dir) VALUES (?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM pathscanner WHERE path = ? AND filename = ?"
+_LEGACY_HINT = ("is in the original File Conveyor's format (version 1, mtime in seconds); run "
+                "`fileconveyor upgrade` to convert it")
 
 
 class Entry(NamedTuple):
@@ -146,67 +155,83 @@ class UndecodableNames:
         return False
 
 
+class IndexDatabaseError(MonitorError, DatabaseError):
+    """fsmonitor.db cannot be used (a format this version does not read, or it cannot be opened)."""
+
+
 class PathScanner:
-    """The `pathscanner` table of `fsmonitor.db`; thread-safe (one connection behind a lock)."""
+    """The `pathscanner` table of `fsmonitor.db`; thread-safe (one connection, through the
+    state-database gate `fileconveyor.pipeline.db`).
+
+    A damaged index (not a database, or failing `PRAGMA quick_check` at open) is moved aside as
+    `fsmonitor.db.damaged-<time>` and started anew, with an ERROR naming both files: the index
+    only remembers what the disk looked like, so losing it costs a full comparison (every file
+    re-checked; with `fileconveyor.pipeline.state`, deletions found from synced_files.db), never
+    a lost change. Refusing to start instead would leave the daemon in a restart loop over a
+    file it can rebuild by itself."""
 
     def __init__(self, db_path: str) -> None:
         self.db_path = db_path
-        if db_path != ":memory:":
-            fd = os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
+        #: True when a damaged index was moved aside and this one started empty.
+        self.rebuilt = False
         try:
-            self._db.execute("PRAGMA busy_timeout = 10000")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._ensure_schema()
-        except BaseException:
-            self._db.close()
+            self.db = self._open_checked()
+        except DatabaseDamaged as error:
+            self.db = self._rebuild(str(error))
+
+    def _open(self) -> Database:
+        try:
+            return Database(self.db_path, (CREATE_TABLE, CREATE_INDEX), SCHEMA_VERSION,
+                            journal=Journal.WAL, legacy_hint=_LEGACY_HINT)
+        except DatabaseDamaged:
             raise
+        except DatabaseError as error:
+            raise IndexDatabaseError(str(error), self.db_path) from None
 
-    def _ensure_schema(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(pathscanner)")}
-        if version == 0 and columns and "size" not in columns:
-            raise MonitorError(
-                f"{self.db_path} is in the original File Conveyor's format (version 1, mtime in "
-                "seconds); run `fileconveyor upgrade` to convert it"
-            )
-        if version not in (0, SCHEMA_VERSION):
-            raise MonitorError(
-                f"{self.db_path} has schema version {version}; this File Conveyor reads version "
-                f"{SCHEMA_VERSION} (run `fileconveyor upgrade`, or use the matching release)"
-            )
-        with self._transaction():
-            self._db.execute(CREATE_TABLE)
-            self._db.execute(CREATE_INDEX)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    def _open_checked(self) -> Database:
+        db = self._open()
+        if self.db_path == ":memory:":
+            return db
+        try:
+            problems = [r[0] for r in db.query("PRAGMA quick_check")]
+        except DatabaseDamaged:
+            db.close()
+            raise
+        if problems != ["ok"]:
+            db.close()
+            raise DatabaseDamaged(f"{self.db_path} failed PRAGMA quick_check: {'; '.join(problems[:3])}",
+                                  self.db_path)
+        return db
 
-    def _transaction(self) -> "_Transaction":
-        return _Transaction(self._db)
+    def _rebuild(self, reason: str) -> Database:
+        aside = f"{self.db_path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.db_path, aside)
+        for suffix in ("-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.db_path + suffix, aside + suffix)
+        log.error("The path index %s is damaged (%s); moved it to %s and started a new index: every "
+                  "file of every watched tree is compared again (re-synced) at this start", self.db_path,
+                  reason, aside)
+        self.rebuilt = True
+        return self._open()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.db.close()
 
     def get(self, key: Key) -> Entry | None:
-        with self._lock:
-            row = self._db.execute(_SELECT_ONE, key).fetchone()
-        return None if row is None else Entry(row[0], row[1], bool(row[2]))
+        rows = self.db.query(_SELECT_ONE, key)
+        return None if not rows else Entry(rows[0][0], rows[0][1], bool(rows[0][2]))
 
     def known_below(self, directory: str) -> dict[Key, Entry]:
         """Every row inside `directory` (its entries and everything below them), one query.
         Holds them all in memory: for tools and tests; scans use `children` and `below`."""
         lo, hi = prefix_range(directory)
-        with self._lock:
-            rows = self._db.execute(_SELECT_BELOW, (directory, lo, hi)).fetchall()
+        rows = self.db.query(_SELECT_BELOW, (directory, lo, hi))
         return {(p, f): Entry(m, s, d == 1) for p, f, m, s, d in rows}
 
     def children(self, directory: str) -> dict[str, Entry]:
         """The rows of `directory`'s own entries, by name (one indexed query)."""
-        with self._lock:
-            rows = self._db.execute(_SELECT_CHILDREN, (directory,)).fetchall()
+        rows = self.db.query(_SELECT_CHILDREN, (directory,))
         return {f: Entry(m, s, d == 1) for f, m, s, d in rows}
 
     def below(self, directory: str, page: int = 2000) -> Iterator[list[tuple[Key, Entry]]]:
@@ -222,8 +247,7 @@ class PathScanner:
     def _pages(self, sql: str, params: Callable[[Key], tuple[Any, ...]], page: int) -> Iterator[list[tuple[Key, Entry]]]:
         last: Key = ("", "")
         while True:
-            with self._lock:
-                rows = self._db.execute(sql, params(last)).fetchall()
+            rows = self.db.query(sql, params(last))
             if rows:
                 yield [((p, f), Entry(m, s, d == 1)) for p, f, m, s, d in rows]
             if len(rows) < page:
@@ -239,26 +263,16 @@ class PathScanner:
             return
         puts = [(k[0], k[1], e.mtime_ns, e.size, int(e.is_dir)) for k, e in final.items() if e is not None]
         deletes = [k for k, e in final.items() if e is None]
-        with self._lock, self._transaction():
+
+        def write(conn: sqlite3.Connection) -> None:
             if puts:
-                self._db.executemany(_UPSERT, puts)
+                conn.executemany(_UPSERT, puts)
             if deletes:
-                self._db.executemany(_DELETE, deletes)
+                conn.executemany(_DELETE, deletes)
+        self.db.write(write)
 
     def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM pathscanner").fetchone()[0])
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        return int(self.db.query("SELECT COUNT(*) FROM pathscanner")[0][0])
 
 
 Chunk = tuple[list[FSEvent], list[Op]]

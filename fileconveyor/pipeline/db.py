@@ -1,13 +1,30 @@
-"""All SQLite access for the daemon's state goes through `Database`.
+"""The one gate to SQLite: every state database of File Conveyor is opened and written through here.
 
 Why it is shaped like this (after huey's storage and persist-queue):
 * One connection per database file per process, guarded by a lock: SQLite serialises writers
   anyway, and one connection avoids "database is locked" between our own threads (original #149).
   Other processes (`fileconveyor verify --requeue`, the Drupal module, `sqlite3` audits) are
-  handled by the busy timeout.
-* `transaction()` is the only way to write: BEGIN IMMEDIATE ... COMMIT, so callers batch many rows
-  into one short transaction instead of one commit per row.
-* Files are created 0600 before SQLite opens them (SQLite gives its -wal/-shm/-journal files the
+  handled by the busy timeout, the same for every file.
+* The journal is chosen per file kind (`Journal`), and the synchronous level follows from it, here
+  and nowhere else: a rollback journal (the original's, and SQLite's default) with
+  synchronous=FULL, or WAL with synchronous=NORMAL (durable against kill -9; a power cut may drop
+  the last transactions). Files read by other users (`persistent_data.db`, `synced_files.db`: the
+  Drupal module, PHP as the web server user) use the rollback journal: a WAL reader must be able
+  to write the -shm file beside the database, which a read-only user cannot. Measured cost:
+  docs/state.md and bench/bench_journal.py.
+* `write(body)` is the way to write: BEGIN IMMEDIATE, body, COMMIT, the COMMIT inside the error
+  handling. SQLITE_BUSY (another process holds the lock longer than the busy timeout), a full disk
+  and I/O errors are retried with backoff for as long as they last, and shown by `degraded()` (the
+  daemon publishes it in `status`), instead of crashing a thread. `transaction()` is the same as a
+  context manager for bodies that cannot be re-run: it retries BEGIN and COMMIT in place, and
+  raises `DatabaseUnavailable` when SQLite itself rolled the transaction back (disk full).
+  ROLLBACK is only sent when a transaction is still open: a ROLLBACK after SQLite already rolled
+  back fails with "no transaction is active" and used to hide "database or disk is full".
+* Every sqlite3 error leaves this module as a `DatabaseError` whose message names the file and
+  says what to do; a damaged file is a `DatabaseDamaged`, which a restart does not cure.
+* `readonly=True` opens with a `file:...?mode=ro` URI: no file is created, no write lock taken,
+  no schema written, so `status` and `verify` work for a user who may only read the files.
+* Files are created 0600 before SQLite opens them (SQLite gives its -journal/-wal/-shm files the
   same mode as the database).
 * The schema version lives in `PRAGMA user_version`, which `upgrade.py` reads. Version 1 is the
   original File Conveyor's format (pickled rows); this project starts at 2.
@@ -15,17 +32,151 @@ Why it is shaped like this (after huey's storage and persist-queue):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
+import logging
 import os
 import sqlite3
 import threading
-from typing import Any, Iterable, Iterator, Sequence
+import time
+import urllib.parse
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long SQLite itself waits for another process's lock before an attempt reports BUSY.
 BUSY_TIMEOUT_SECONDS = 30.0
+#: Backoff between attempts of a write that met BUSY, a full disk or an I/O error.
+RETRY_FIRST_DELAY = 0.5
+RETRY_MAX_DELAY = 30.0
+#: A lasting problem is logged again at most this often (it is in `degraded()` all along).
+RELOG_INTERVAL = 300.0
+
+# Primary SQLite result codes (https://sqlite.org/rescode.html).
+_SQLITE_READONLY, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR = 8, 5, 6, 10
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_FORMAT, _SQLITE_NOTADB = 11, 13, 14, 24, 26
+
+#: Conditions that pass (a lock is released, space is freed, a disk is remounted): retried.
+_TRANSIENT = {
+    _SQLITE_BUSY: "busy (another process holds a lock)",
+    _SQLITE_LOCKED: "locked",
+    _SQLITE_FULL: "disk full",
+    _SQLITE_IOERR: "I/O error",
+    _SQLITE_CANTOPEN: "cannot open a journal file",
+    _SQLITE_READONLY: "read-only",
+}
+_DAMAGED = (_SQLITE_CORRUPT, _SQLITE_NOTADB, _SQLITE_FORMAT)
+
+
+class Journal(enum.Enum):
+    """Journal mode of a state database; the synchronous level follows from it (module docstring)."""
+
+    ROLLBACK = "delete"
+    WAL = "wal"
+
+
+_SYNCHRONOUS = {Journal.ROLLBACK: "FULL", Journal.WAL: "NORMAL"}
 
 
 class DatabaseError(Exception):
-    """A state database cannot be opened or has an unknown schema; the message says what to do."""
+    """A state database cannot be used; the message names the file and says what to do."""
 
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DatabaseDamaged(DatabaseError):
+    """The file is not a (healthy) SQLite database: restarting does not help, a person must act."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """A transient condition (lock held elsewhere, disk full, I/O error) stopped a transaction."""
+
+    def __init__(self, message: str, path: str = "", problem: str = "") -> None:
+        super().__init__(message, path)
+        self.problem = problem
+
+
+class DatabaseClosed(DatabaseError):
+    """The database was closed (the daemon is stopping) while a write waited to be retried."""
+
+
+def damaged_hint(path: str) -> str:
+    """What to do about a damaged state file (the same advice everywhere)."""
+    return (f"restore {path} from a backup, or move it aside and run `fileconveyor upgrade --resync-all` "
+            "(a new one is created and every file is compared again at the next start)")
+
+
+#: Python < 3.11 gives no result code: the message texts of the codes that matter.
+_CODE_BY_TEXT = (("database is locked", _SQLITE_BUSY), ("disk is full", _SQLITE_FULL),
+                 ("disk I/O error", _SQLITE_IOERR), ("readonly database", _SQLITE_READONLY),
+                 ("unable to open", _SQLITE_CANTOPEN), ("not a database", _SQLITE_NOTADB),
+                 ("malformed", _SQLITE_CORRUPT))
+
+
+def _code(error: sqlite3.Error) -> int | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF
+    text = str(error)
+    return next((c for fragment, c in _CODE_BY_TEXT if fragment in text), None)
+
+
+def classify(path: str, error: sqlite3.Error, doing: str = "") -> DatabaseError:
+    """The DatabaseError for an sqlite3 error on `path` (naming the file, saying what to do)."""
+    code = _code(error)
+    where = f"{path}: {doing + ': ' if doing else ''}{error}"
+    if code in _DAMAGED:
+        return DatabaseDamaged(f"{where}. The file is damaged: {damaged_hint(path)}", path)
+    if code in _TRANSIENT:
+        return DatabaseUnavailable(where, path, _TRANSIENT[code])
+    return DatabaseError(where, path)
+
+
+# --- health: what the daemon shows in `status` --------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Degraded:
+    """A database whose writes are being retried: `problem` ('disk full', 'busy ...') since `since`."""
+
+    path: str
+    problem: str
+    detail: str
+    since: float
+    attempts: int
+
+
+_degraded: dict[str, Degraded] = {}
+_degraded_lock = threading.Lock()
+
+
+def degraded() -> list[Degraded]:
+    """Databases of this process whose writes are currently failing and being retried."""
+    with _degraded_lock:
+        return sorted(_degraded.values(), key=lambda d: d.path)
+
+
+def _note_problem(path: str, error: DatabaseUnavailable) -> Degraded:
+    with _degraded_lock:
+        old = _degraded.get(path)
+        state = Degraded(path, error.problem, str(error), old.since if old else time.time(),
+                         (old.attempts if old else 0) + 1)
+        _degraded[path] = state
+    return state
+
+
+def _note_recovered(path: str) -> None:
+    with _degraded_lock:
+        old = _degraded.pop(path, None)
+    if old is not None:
+        log.warning("%s works again after %.0f s (%s, %d attempt(s))", path, time.time() - old.since,
+                    old.problem, old.attempts)
+
+
+# --- files ----------------------------------------------------------------------------------------
 
 def create_private_file(path: str) -> None:
     """Create `path` (and its directory) with mode 0600 if it does not exist yet."""
@@ -38,61 +189,180 @@ def create_private_file(path: str) -> None:
     os.close(fd)
 
 
+def readonly_uri(path: str) -> str:
+    """`file:` URI opening `path` read-only: SQLite creates nothing and takes no write lock."""
+    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+
+
+def connect(path: str, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
+    """A raw connection with this module's busy timeout, in autocommit mode (explicit BEGINs).
+
+    For code that must drive SQLite itself (upgrade's exclusive migrations, tools); the daemon's
+    state goes through `Database`."""
+    try:
+        if readonly:
+            if not os.path.exists(path):
+                raise DatabaseError(f"{path} does not exist", path)
+            conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=timeout,
+                                   isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    except sqlite3.Error as error:
+        raise classify(path, error, "cannot open") from error
+    return conn
+
+
 class Database:
     """A SQLite file with a known schema version, shared safely between threads."""
 
-    def __init__(self, path: str, schema: Sequence[str], version: int, wal: bool = True) -> None:
+    def __init__(self, path: str, schema: Sequence[str], version: int, *,
+                 journal: Journal = Journal.ROLLBACK, readonly: bool = False, legacy_hint: str = "") -> None:
+        """`legacy_hint`: what to say about a file in the original File Conveyor's format."""
         self.path = path
+        self.readonly = readonly
+        self.journal = journal
+        self._legacy_hint = legacy_hint or ("was written by the original File Conveyor; run `fileconveyor "
+                                            "upgrade` to convert it (every pending item is kept)")
         self._lock = threading.RLock()
+        self._closed = threading.Event()
+        if not readonly and path != ":memory:":
+            try:
+                create_private_file(path)
+            except OSError as error:
+                raise DatabaseError(f"cannot create {path}: {error}", path) from None
+        self._conn = connect(path, readonly=readonly)
         try:
-            create_private_file(path)
-            self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS,
-                                         isolation_level=None, check_same_thread=False)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-            if wal:
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                # NORMAL is durable against process crashes (kill -9) in WAL mode; only a power
-                # loss can drop the last transactions, which the monitor's rescan then repeats.
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-            current = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        except (sqlite3.Error, OSError) as error:
-            raise DatabaseError(f"cannot open {path}: {error}") from None
-        if current not in (0, version):
+            self._open(schema, version)
+        except BaseException:
             self._conn.close()
+            raise
+
+    def _open(self, schema: Sequence[str], version: int) -> None:
+        path = self.path
+        try:
+            if not self.readonly:
+                mode = self._conn.execute(f"PRAGMA journal_mode = {self.journal.value}").fetchone()[0]
+                if mode != self.journal.value:  # another process holds the file: keep going, say so
+                    log.warning("%s stays in journal mode %s (wanted %s: another process has it open)",
+                                path, mode, self.journal.value)
+                self._conn.execute(f"PRAGMA synchronous = {_SYNCHRONOUS[self.journal]}")
+            current = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = self.tables()
+        except sqlite3.Error as error:
+            raise classify(path, error, "cannot open") from error
+        if current not in (0, version):
             hint = ("it was written by the original File Conveyor; run `fileconveyor upgrade`"
                     if current in (0, 1) else "run `fileconveyor upgrade`, or use a newer fileconveyor")
-            raise DatabaseError(f"{path} has schema version {current}, expected {version}: {hint}")
-        if current == 0 and self._has_legacy_tables():
-            self._conn.close()
-            raise DatabaseError(
-                f"{path} was written by the original File Conveyor; run `fileconveyor upgrade` "
-                "to convert it (every pending item is kept)")
-        with self.transaction() as conn:
-            for statement in schema:
+            raise DatabaseError(f"{path} has schema version {current}, expected {version}: {hint}", path)
+        if current == 0 and tables:
+            raise DatabaseError(f"{path} {self._legacy_hint}", path)
+        if self.readonly:
+            return
+
+        def create(conn: sqlite3.Connection) -> None:
+            for statement in schema:  # all IF NOT EXISTS: a lost table or index comes back
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {int(version)}")
+        self.write(create)
 
-    def _has_legacy_tables(self) -> bool:
-        rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        return bool(rows)
+    def tables(self) -> set[str]:
+        rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                  "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'").fetchall()
+        return {r[0] for r in rows}
+
+    # --- writing --------------------------------------------------------------------------
+
+    def write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `body(conn)` in one transaction and return its result. BUSY, a full disk and I/O
+        errors roll back and re-run the whole transaction after a backoff, for as long as they
+        last (shown by `degraded()`); `body` must therefore only touch the database."""
+        delay = RETRY_FIRST_DELAY
+        last_log = 0.0
+        while True:
+            try:
+                with self.transaction(retry=False) as conn:
+                    result = body(conn)
+            except DatabaseUnavailable as error:
+                state = _note_problem(self.path, error)
+                if time.monotonic() - last_log >= RELOG_INTERVAL:
+                    last_log = time.monotonic()
+                    log.error("Cannot write %s (%s); retrying every %.0f s at most until it works",
+                              self.path, error, RETRY_MAX_DELAY)
+                log.debug("%s: attempt %d failed: %s", self.path, state.attempts, error)
+                self._backoff(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+                continue
+            _note_recovered(self.path)
+            return result
+
+    def _backoff(self, delay: float) -> None:
+        if self._closed.wait(delay):
+            raise DatabaseClosed(f"{self.path} was closed while a write waited to be retried", self.path)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any exception), under the process-wide lock."""
+    def transaction(self, retry: bool = True) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT under the process-wide lock, for a body that cannot be re-run.
+
+        With `retry`, BEGIN and COMMIT are retried in place while BUSY (or disk full with the
+        transaction still open); when SQLite has rolled the transaction back itself, a
+        DatabaseUnavailable is raised (nothing was written). Prefer `write()`."""
+        if self.readonly:
+            raise DatabaseError(f"{self.path} was opened read-only", self.path)
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._step("BEGIN IMMEDIATE", retry)
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._step("COMMIT", retry)
+            except BaseException as error:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):  # the original error is what matters
+                        self._conn.execute("ROLLBACK")
+                if isinstance(error, sqlite3.Error):
+                    raise classify(self.path, error) from error
                 raise
-            self._conn.execute("COMMIT")
+
+    def _step(self, statement: str, retry: bool) -> None:
+        """BEGIN or COMMIT, retried in place when that is safe (nothing of the body is lost)."""
+        delay = RETRY_FIRST_DELAY
+        while True:
+            try:
+                self._conn.execute(statement)
+                if retry and delay > RETRY_FIRST_DELAY:
+                    _note_recovered(self.path)
+                return
+            except sqlite3.Error as error:
+                problem = classify(self.path, error, statement.split()[0])
+                still_open = statement == "COMMIT" and self._conn.in_transaction
+                if not (retry and isinstance(problem, DatabaseUnavailable)
+                        and (statement != "COMMIT" or still_open)):
+                    raise problem from error
+                state = _note_problem(self.path, problem)
+                if state.attempts == 1:
+                    log.error("Cannot write %s (%s); retrying until it works", self.path, problem)
+                self._backoff(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+
+    # --- reading --------------------------------------------------------------------------
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._conn.execute(sql, tuple(params)).fetchall()
+        """Rows of one statement; a read that meets BUSY past the busy timeout is retried."""
+        delay = RETRY_FIRST_DELAY
+        while True:
+            try:
+                with self._lock:
+                    return self._conn.execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as error:
+                problem = classify(self.path, error)
+                if _code(error) not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                    raise problem from error
+                _note_problem(self.path, problem)  # type: ignore[arg-type]
+                self._backoff(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
+

@@ -138,8 +138,8 @@ def _done(text: str) -> frozenset[str]:
 class PersistentPipeline:
     """The four lists of persistent_data.db behind one small API; every method is one transaction."""
 
-    def __init__(self, path: str) -> None:
-        self.db = Database(path, SCHEMA, SCHEMA_VERSION)
+    def __init__(self, path: str, readonly: bool = False) -> None:
+        self.db = Database(path, SCHEMA, SCHEMA_VERSION, readonly=readonly)  # rollback journal: see db.py
 
     def close(self) -> None:
         self.db.close()

@@ -5,15 +5,22 @@ Drupal CDN module queries them (section 9.3). Rules that matter to such readers:
 * one row per (input_file, server), updated IN PLACE (an upsert keeps the rowid; the module's
   "consistent hashing" between servers depends on row order);
 * `url` is absolute, permanent and unsigned; `input_file` is the absolute source path, not encoded;
-* rollback-journal mode, not WAL: readers such as PHP running as the web server user often cannot
-  create the -shm file WAL needs next to the database. Writers use a busy timeout instead.
+* rollback-journal mode by default, not WAL: readers such as PHP running as the web server user
+  often cannot create the -shm file WAL needs next to the database. Writers use a busy timeout
+  instead. SYNCED_FILES_WAL=true trades that for faster commits (docs/state.md).
+* Its identity, the *generation*, is a random number in `PRAGMA application_id`, given when the
+  file is created. fsmonitor.db records the generation it was built alongside
+  (`fileconveyor.pipeline.state`): an index that says "these files are synced" next to a
+  synced_files.db that was deleted, emptied or replaced is refused at start, never trusted.
 """
 from __future__ import annotations
 
 import dataclasses
+import random
+import sqlite3
 from typing import Iterator
 
-from fileconveyor.pipeline.db import Database
+from fileconveyor.pipeline.db import Database, Journal
 
 SCHEMA_VERSION = 2
 
@@ -32,9 +39,23 @@ class SyncedFile:
     server: str
 
 
+def new_generation() -> int:
+    """A random non-zero 31-bit number (application_id is a signed 32-bit integer)."""
+    return random.SystemRandom().randint(1, 2**31 - 1)
+
+
 class SyncedFiles:
-    def __init__(self, path: str) -> None:
-        self.db = Database(path, SCHEMA, SCHEMA_VERSION, wal=False)
+    def __init__(self, path: str, *, readonly: bool = False, wal: bool = False) -> None:
+        self.db = Database(path, SCHEMA, SCHEMA_VERSION, readonly=readonly,
+                           journal=Journal.WAL if wal else Journal.ROLLBACK)
+        if not readonly and not self.generation:
+            generation = new_generation()
+            self.db.write(lambda conn: conn.execute(f"PRAGMA application_id = {generation}"))
+
+    @property
+    def generation(self) -> int:
+        """This file's identity (0: none yet, e.g. a file from before generations existed)."""
+        return int(self.db.query("PRAGMA application_id")[0][0])
 
     def close(self) -> None:
         self.db.close()
@@ -60,40 +81,36 @@ class SyncedFiles:
 
     def record(self, input_file: str, server: str, basename: str, url: str) -> SyncedFile | None:
         """Insert or update in place; returns the previous row (None if new)."""
-        with self.db.transaction() as conn:
-            row = conn.execute("SELECT input_file, transported_file_basename, url, server FROM synced_files "
-                               "WHERE input_file = ? AND server = ?", (input_file, server)).fetchone()
-            conn.execute(
-                "INSERT INTO synced_files(input_file, transported_file_basename, url, server) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(input_file, server) DO UPDATE SET "
-                "transported_file_basename = excluded.transported_file_basename, url = excluded.url",
-                (input_file, basename, url, server))
-        return SyncedFile(*row) if row else None
+        return self.apply_many([("record", input_file, server, basename, url)])[0]
 
     def apply_many(self, operations: "list[tuple[str, str, str, str | None, str | None]]") -> list[SyncedFile | None]:
         """Apply ("record", input_file, server, basename, url) and ("remove", input_file, server, None,
         None) operations in ONE transaction (one fsync for the batch); returns each one's previous row.
 
         Per-file commits in rollback-journal mode cost an fsync each (about 90 files/s here)."""
+        return self.db.write(lambda conn: self._apply(conn, operations))
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, operations: "list[tuple[str, str, str, str | None, str | None]]"
+               ) -> list[SyncedFile | None]:
         previous: list[SyncedFile | None] = []
-        with self.db.transaction() as conn:
-            for action, input_file, server, basename, url in operations:
-                row = conn.execute("SELECT input_file, transported_file_basename, url, server FROM synced_files "
-                                   "WHERE input_file = ? AND server = ?", (input_file, server)).fetchone()
-                previous.append(SyncedFile(*row) if row else None)
-                if action == "record":
-                    conn.execute(
-                        "INSERT INTO synced_files(input_file, transported_file_basename, url, server) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT(input_file, server) DO UPDATE SET "
-                        "transported_file_basename = excluded.transported_file_basename, url = excluded.url",
-                        (input_file, basename, url, server))
-                else:
-                    conn.execute("DELETE FROM synced_files WHERE input_file = ? AND server = ?", (input_file, server))
+        # One transaction, re-run as a whole by Database.write after BUSY or a full disk.
+        for action, input_file, server, basename, url in operations:
+            row = conn.execute("SELECT input_file, transported_file_basename, url, server FROM synced_files "
+                               "WHERE input_file = ? AND server = ?", (input_file, server)).fetchone()
+            previous.append(SyncedFile(*row) if row else None)
+            if action == "record":
+                conn.execute(
+                    "INSERT INTO synced_files(input_file, transported_file_basename, url, server) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(input_file, server) DO UPDATE SET "
+                    "transported_file_basename = excluded.transported_file_basename, url = excluded.url",
+                    (input_file, basename, url, server))
+            else:
+                conn.execute("DELETE FROM synced_files WHERE input_file = ? AND server = ?", (input_file, server))
         return previous
 
     def remove(self, input_file: str, server: str) -> None:
-        with self.db.transaction() as conn:
-            conn.execute("DELETE FROM synced_files WHERE input_file = ? AND server = ?", (input_file, server))
+        self.apply_many([("remove", input_file, server, None, None)])
 
     def all(self) -> Iterator[SyncedFile]:
         rows = self.db.query("SELECT input_file, transported_file_basename, url, server FROM synced_files "
@@ -102,3 +119,4 @@ class SyncedFiles:
 
     def counts_per_server(self) -> dict[str, int]:
         return dict(self.db.query("SELECT server, COUNT(*) FROM synced_files GROUP BY server"))
+
