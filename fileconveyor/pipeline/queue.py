@@ -60,11 +60,16 @@ SCHEMA = (
         failed_at REAL NOT NULL,
         next_try REAL NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS failed_next_try ON failed_files_list(next_try)",
+    # size/mtime_ns/inode: the content that was synced. The source is deleted only while the file on
+    # disk is still that content (NULL for rows migrated from the original, which did not know).
     """CREATE TABLE IF NOT EXISTS files_to_delete_list(
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         input_file TEXT NOT NULL UNIQUE,
         delete_at REAL NOT NULL,
-        state TEXT NOT NULL DEFAULT 'scheduled')""",
+        state TEXT NOT NULL DEFAULT 'scheduled',
+        size INTEGER,
+        mtime_ns INTEGER,
+        inode INTEGER)""",
     # Upload intents: written before an upload starts, removed once its row is in synced_files.db.
     # A crash in between leaves the row here, so the remote copy can still be found and deleted.
     """CREATE TABLE IF NOT EXISTS pending_uploads(
@@ -109,6 +114,38 @@ def retry_delay(attempts: int, base: float, cap: float, rng: random.Random | Non
     return max(0.0, min(delay * jitter, cap))
 
 
+#: Columns added to existing tables after version 2 was first released: (table, column, type).
+ADDED_COLUMNS = (
+    ("files_to_delete_list", "size", "INTEGER"),
+    ("files_to_delete_list", "mtime_ns", "INTEGER"),
+    ("files_to_delete_list", "inode", "INTEGER"),
+    # The paused server a waiting path is blocked on: it stays in the queue (the Drupal module and
+    # `status` count it as waiting, which it is) but is not claimed until `unblock(server)`.
+    ("pipeline_queue", "blocked_on", "TEXT"),
+)
+#: Indexes on added columns (created after the columns exist).
+ADDED_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS queue_blocked_on ON pipeline_queue(blocked_on, id)",
+)
+
+#: A trip that ended this way waits for a paused server, not for a timer: the path goes back to
+#: the queue blocked on that server, holding no place in the pipeline, until the server is back.
+PAUSED = "paused"
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceIdentity:
+    """What identifies one version of a source file on disk: its size, mtime (ns) and inode."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, stat_result) -> "SourceIdentity":
+        return cls(stat_result.st_size, stat_result.st_mtime_ns, stat_result.st_ino)
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
     input_file: str
@@ -140,6 +177,17 @@ class PersistentPipeline:
 
     def __init__(self, path: str, readonly: bool = False) -> None:
         self.db = Database(path, SCHEMA, SCHEMA_VERSION, readonly=readonly)  # rollback journal: see db.py
+        if not readonly:
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        with self.db.transaction() as conn:
+            for table, column, kind in ADDED_COLUMNS:
+                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            for statement in ADDED_INDEXES:
+                conn.execute(statement)
 
     def close(self) -> None:
         self.db.close()
@@ -147,17 +195,24 @@ class PersistentPipeline:
     # --- events in -----------------------------------------------------------------------
 
     def put_many(self, events: Iterable[tuple[str, Event]]) -> int:
-        """Queue events, merging each with what is already waiting or failed for its path."""
+        """Queue events, merging each with what is already waiting or failed for its path.
+
+        Any event cancels a scheduled deletion of the path's source: the file changed (or went)
+        after the sync that scheduled it, so that sync no longer vouches for its content."""
         count = 0
         now = time.time()
         with self.db.transaction() as conn:
             for input_file, event in events:
                 count += 1
                 event = Event(event)
+                # (A 'deleted' row is kept for the DELETED event our own unlink causes; any other
+                # event means the file came back.)
+                conn.execute("DELETE FROM files_to_delete_list WHERE input_file = ? AND "
+                             "(state = 'scheduled' OR ?)", (input_file, event is not Event.DELETED))
                 row = conn.execute("SELECT event FROM pipeline_queue WHERE input_file = ?",
                                    (input_file,)).fetchone()
                 if row is not None:
-                    conn.execute("UPDATE pipeline_queue SET event = ?, attempts = 0, done = '[]' "
+                    conn.execute("UPDATE pipeline_queue SET event = ?, attempts = 0, done = '[]', blocked_on = NULL "
                                  "WHERE input_file = ?", (int(merge(Event(row[0]), event)), input_file))
                     continue
                 failed = conn.execute("SELECT event FROM failed_files_list WHERE input_file = ?",
@@ -171,16 +226,19 @@ class PersistentPipeline:
 
     # --- dispatching -----------------------------------------------------------------------
 
-    def claim(self, limit: int) -> list[Item]:
-        """Move up to `limit` of the oldest waiting paths that are not in flight to `pipeline_list`."""
+    def claim(self, limit: int, busy: "frozenset[str] | set[str]" = frozenset()) -> list[Item]:
+        """Move up to `limit` of the oldest waiting paths that are neither in flight nor `busy`
+        (paths the caller is working on outside the queue) to `pipeline_list`."""
         if limit <= 0:
             return []
         now = time.time()
         with self.db.transaction() as conn:
             rows = conn.execute(
                 "SELECT q.id, q.input_file, q.event, q.attempts, q.done FROM pipeline_queue q "
-                "WHERE NOT EXISTS (SELECT 1 FROM pipeline_list l WHERE l.input_file = q.input_file) "
-                "ORDER BY q.id LIMIT ?", (limit,)).fetchall()
+                "WHERE q.blocked_on IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM pipeline_list l WHERE l.input_file = q.input_file) "
+                "ORDER BY q.id LIMIT ?", (limit + len(busy),)).fetchall()
+            rows = [r for r in rows if r[1] not in busy][:limit]
             for row_id, input_file, event, attempts, done in rows:
                 conn.execute("DELETE FROM pipeline_queue WHERE id = ?", (row_id,))
                 conn.execute("INSERT INTO pipeline_list(input_file, event, attempts, done, started_at) "
@@ -199,12 +257,7 @@ class PersistentPipeline:
         now = time.time()
         attempts = item.attempts + 1
         with self.db.transaction() as conn:
-            conn.execute("DELETE FROM pipeline_list WHERE input_file = ?", (item.input_file,))
-            waiting = conn.execute("SELECT event FROM pipeline_queue WHERE input_file = ?",
-                                   (item.input_file,)).fetchone()
-            if waiting is not None:
-                conn.execute("UPDATE pipeline_queue SET event = ?, attempts = 0, done = '[]' WHERE input_file = ?",
-                             (int(merge(item.event, Event(waiting[0]))), item.input_file))
+            if self._land_in_newer_event(conn, item):
                 return None
             conn.execute(
                 "INSERT OR REPLACE INTO failed_files_list"
@@ -213,6 +266,17 @@ class PersistentPipeline:
                 (item.input_file, int(item.event), attempts, json.dumps(sorted(done)), kind, reason,
                  now, now + delay))
         return FailedItem(item.input_file, item.event, attempts, kind, reason, now, now + delay)
+
+    @staticmethod
+    def _land_in_newer_event(conn, item: Item) -> bool:
+        """Take `item` out of flight; if a newer event for its path waits, merge into it (True)."""
+        conn.execute("DELETE FROM pipeline_list WHERE input_file = ?", (item.input_file,))
+        waiting = conn.execute("SELECT event FROM pipeline_queue WHERE input_file = ?", (item.input_file,)).fetchone()
+        if waiting is None:
+            return False
+        conn.execute("UPDATE pipeline_queue SET event = ?, attempts = 0, done = '[]', blocked_on = NULL "
+                     "WHERE input_file = ?", (int(merge(item.event, Event(waiting[0]))), item.input_file))
+        return True
 
     def requeue_due(self, now: float | None = None, limit: int = 500) -> int:
         """Move failed items whose next try has come back to the end of the queue."""
@@ -244,6 +308,39 @@ class PersistentPipeline:
                              "VALUES (?, ?, ?, ?, ?)", (input_file, row[0], row[1], row[2], now))
                 moved += 1
         return moved
+
+    def block(self, item: Item, server: str, done: Iterable[str] = ()) -> bool:
+        """Put an in-flight item back in the queue, blocked until `server` is unblocked (it is
+        paused). Not an attempt: the backoff does not grow. Returns False when a newer event for
+        the path was waiting (it is merged and dispatched as usual)."""
+        with self.db.transaction() as conn:
+            if self._land_in_newer_event(conn, item):
+                return False
+            conn.execute("INSERT INTO pipeline_queue(input_file, event, attempts, done, queued_at, blocked_on) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (item.input_file, int(item.event), item.attempts,
+                                                       json.dumps(sorted(done)), time.time(), server))
+        return True
+
+    def unblock(self, server: str | None = None) -> int:
+        """Make the paths blocked on `server` (on any server if None) claimable again."""
+        with self.db.transaction() as conn:
+            if server is None:
+                cursor = conn.execute("UPDATE pipeline_queue SET blocked_on = NULL WHERE blocked_on IS NOT NULL")
+            else:
+                cursor = conn.execute("UPDATE pipeline_queue SET blocked_on = NULL WHERE blocked_on = ?", (server,))
+            return cursor.rowcount
+
+    def blocked_counts(self) -> dict[str, int]:
+        """Waiting paths per paused server they are blocked on."""
+        return dict(self.db.query("SELECT blocked_on, COUNT(*) FROM pipeline_queue "
+                                  "WHERE blocked_on IS NOT NULL GROUP BY blocked_on"))
+
+    def has_pending_event(self, input_file: str) -> bool:
+        """Is an event for `input_file` waiting, in flight or failed (and so still to be synced)?"""
+        return bool(self.db.query(
+            "SELECT 1 FROM pipeline_queue WHERE input_file = ? UNION ALL "
+            "SELECT 1 FROM pipeline_list WHERE input_file = ? UNION ALL "
+            "SELECT 1 FROM failed_files_list WHERE input_file = ? LIMIT 1", (input_file,) * 3))
 
     def next_retry_time(self) -> float | None:
         rows = self.db.query("SELECT MIN(next_try) FROM failed_files_list")
@@ -289,16 +386,23 @@ class PersistentPipeline:
 
     # --- source deletion after sync --------------------------------------------------------
 
-    def schedule_deletion(self, input_file: str, delete_at: float) -> None:
+    def schedule_deletion(self, input_file: str, delete_at: float, synced: SourceIdentity) -> None:
+        """Schedule the source's removal, remembering which version of it was synced."""
         with self.db.transaction() as conn:
-            conn.execute("INSERT INTO files_to_delete_list(input_file, delete_at, state) VALUES (?, ?, 'scheduled') "
-                         "ON CONFLICT(input_file) DO UPDATE SET delete_at = excluded.delete_at, state = 'scheduled'",
-                         (input_file, delete_at))
+            conn.execute("INSERT INTO files_to_delete_list(input_file, delete_at, state, size, mtime_ns, inode) "
+                         "VALUES (?, ?, 'scheduled', ?, ?, ?) ON CONFLICT(input_file) DO UPDATE SET "
+                         "delete_at = excluded.delete_at, state = 'scheduled', size = excluded.size, "
+                         "mtime_ns = excluded.mtime_ns, inode = excluded.inode",
+                         (input_file, delete_at, synced.size, synced.mtime_ns, synced.inode))
 
     def due_deletions(self, now: float, limit: int = 100) -> list[str]:
-        rows = self.db.query("SELECT input_file FROM files_to_delete_list WHERE state = 'scheduled' "
-                             "AND delete_at <= ? ORDER BY delete_at LIMIT ?", (now, limit))
-        return [r[0] for r in rows]
+        return [path for path, _ in self.due_deletions_with_identity(now, limit)]
+
+    def due_deletions_with_identity(self, now: float, limit: int = 100) -> list[tuple[str, SourceIdentity | None]]:
+        """Due source deletions with the identity of the synced version (None if unknown)."""
+        rows = self.db.query("SELECT input_file, size, mtime_ns, inode FROM files_to_delete_list "
+                             "WHERE state = 'scheduled' AND delete_at <= ? ORDER BY delete_at LIMIT ?", (now, limit))
+        return [(r[0], SourceIdentity(r[1], r[2], r[3]) if r[1] is not None else None) for r in rows]
 
     def next_deletion_time(self) -> float | None:
         rows = self.db.query("SELECT MIN(delete_at) FROM files_to_delete_list WHERE state = 'scheduled'")

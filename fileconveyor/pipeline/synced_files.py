@@ -28,6 +28,22 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS synced_files(input_file text, transported_file_basename text, "
     "url text, server text)",
     "CREATE UNIQUE INDEX IF NOT EXISTS file_unique_per_server ON synced_files (input_file, server)",
+    # Every remote copy File Conveyor made and has not deleted yet. synced_files keeps ONE row per
+    # (file, server), but two rules may send a file to one server at two places, and a superseded
+    # unique-named copy must stay known until it is really deleted: this table is what makes that
+    # deletion durable (it is retried at the file's next trip until it succeeds).
+    """CREATE TABLE IF NOT EXISTS synced_copies(
+        input_file TEXT NOT NULL,
+        server TEXT NOT NULL,
+        remote_path TEXT NOT NULL,
+        url TEXT NOT NULL,
+        PRIMARY KEY (input_file, server, remote_path))""",
+    # Work that follows from a recorded change and must survive kill -9: written in the same
+    # transaction as the row it follows from. kind 'requeue': `input_file` embeds a URL that changed.
+    """CREATE TABLE IF NOT EXISTS follow_ups(
+        kind TEXT NOT NULL,
+        input_file TEXT NOT NULL,
+        PRIMARY KEY (kind, input_file))""",
 )
 
 
@@ -120,3 +136,77 @@ class SyncedFiles:
     def counts_per_server(self) -> dict[str, int]:
         return dict(self.db.query("SELECT server, COUNT(*) FROM synced_files GROUP BY server"))
 
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """One finished upload, to be recorded.
+
+    `primary`: this copy's URL is the one recorded in synced_files for (input_file, server): the
+    copy of the first rule (in config order) that sends the file there. A non-primary copy is
+    recorded in synced_files only while no row exists yet."""
+
+    input_file: str
+    server: str
+    remote_path: str
+    basename: str
+    url: str
+    primary: bool
+    #: Files whose processed content embeds this file's URL on this server (requeued if it changed).
+    dependents: tuple[str, ...] = ()
+
+
+def record_uploads(synced: "SyncedFiles", uploads: "list[Upload]") -> None:
+    """Record a batch of uploads in ONE transaction (one fsync): each copy, the row of each primary
+    copy (updated in place), and, when a row's URL changed, the requeue of its dependents."""
+    with synced.db.transaction() as conn:
+        for upload in uploads:
+            conn.execute("INSERT INTO synced_copies(input_file, server, remote_path, url) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT(input_file, server, remote_path) DO UPDATE SET url = excluded.url",
+                         (upload.input_file, upload.server, upload.remote_path, upload.url))
+            row = conn.execute("SELECT url FROM synced_files WHERE input_file = ? AND server = ?",
+                               (upload.input_file, upload.server)).fetchone()
+            if row is not None and not upload.primary:
+                continue
+            if row is not None and row[0] == upload.url:
+                continue
+            conn.execute(
+                "INSERT INTO synced_files(input_file, transported_file_basename, url, server) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(input_file, server) DO UPDATE SET "
+                "transported_file_basename = excluded.transported_file_basename, url = excluded.url",
+                (upload.input_file, upload.basename, upload.url, upload.server))
+            conn.executemany("INSERT OR IGNORE INTO follow_ups(kind, input_file) VALUES ('requeue', ?)",
+                             [(d,) for d in upload.dependents if d != upload.input_file])
+
+
+def copies_of(synced: "SyncedFiles", input_file: str) -> list[tuple[str, str]]:
+    """(server, remote_path) of every copy of `input_file` that File Conveyor made and still knows."""
+    rows = synced.db.query("SELECT server, remote_path FROM synced_copies WHERE input_file = ?", (input_file,))
+    return [(r[0], r[1]) for r in rows]
+
+
+def forget_copies(synced: "SyncedFiles", copies: "list[tuple[str, str, str]]") -> None:
+    """Forget deleted copies: (input_file, server, remote_path)."""
+    if copies:
+        with synced.db.transaction() as conn:
+            conn.executemany("DELETE FROM synced_copies WHERE input_file = ? AND server = ? AND remote_path = ?",
+                             copies)
+
+
+def forget_file(synced: "SyncedFiles", input_file: str, servers: "list[str]") -> None:
+    """The file was deleted from `servers`: drop its rows and copies there (one transaction)."""
+    with synced.db.transaction() as conn:
+        for server in servers:
+            conn.execute("DELETE FROM synced_files WHERE input_file = ? AND server = ?", (input_file, server))
+            conn.execute("DELETE FROM synced_copies WHERE input_file = ? AND server = ?", (input_file, server))
+
+
+def pending_requeues(synced: "SyncedFiles", limit: int = 1000) -> list[str]:
+    rows = synced.db.query("SELECT input_file FROM follow_ups WHERE kind = 'requeue' LIMIT ?", (limit,))
+    return [r[0] for r in rows]
+
+
+def clear_requeues(synced: "SyncedFiles", input_files: "list[str]") -> None:
+    if input_files:
+        with synced.db.transaction() as conn:
+            conn.executemany("DELETE FROM follow_ups WHERE kind = 'requeue' AND input_file = ?",
+                             [(f,) for f in input_files])

@@ -4,9 +4,15 @@
   every transfer also holds one slot of a global semaphore of MAX_SIMULTANEOUS_TRANSPORTERS, which
   is released after each file (the original's global counter was never decremented: #145).
 * Idle workers block on a condition: an idle daemon uses no CPU.
-* A `ServerUnavailableError` or `ConfigurationError` pauses the server's pool: the task goes back
-  to the front of its queue, queued work waits (nothing fails, nothing is lost), and a probe thread
-  checks the server with exponential backoff. When a probe succeeds the pool resumes at once.
+* A `ServerUnavailableError` or `ConfigurationError` pauses the server's pool, and a probe thread
+  checks the server with backoff (capped at PROBE_MAX_DELAY, so transfers resume within a few
+  seconds of the server's return without a busy loop while it is down). Tasks for a paused server
+  do not wait in memory: they end at once with `ServerPausedError`, so the files they belong to
+  leave the pipeline (to the failed list, kind "paused") and files bound for healthy servers keep
+  flowing; `on_state_change` tells the arbitrator when the server is back, which queues them again.
+* A task whose error pauses the server, retried right after a successful probe and failing the same
+  way again, is not the server's problem but this file's (an ACL or storage class the endpoint
+  refuses for one key, say): it fails as that file's error instead of pausing the pool again.
 * Any other classified error fails only that task; the pipeline retries the file with backoff.
 """
 from __future__ import annotations
@@ -28,8 +34,14 @@ from fileconveyor.transporters.base import (
 
 log = logging.getLogger(__name__)
 
-PROBE_FIRST_DELAY = 1.0
-PROBE_MAX_DELAY = 60.0
+PROBE_FIRST_DELAY = 0.5
+PROBE_MAX_DELAY = 4.0
+
+
+class ServerPausedError(TransporterError):
+    """The task was not tried: its server is paused (the reason is in the message)."""
+
+    kind = "paused"
 
 
 @dataclasses.dataclass
@@ -58,7 +70,11 @@ class TransporterPool:
         self._busy = 0
         self._stopping = False
         self.paused_reason: str | None = None
+        self.paused_since: float | None = None
         self._probe_thread: threading.Thread | None = None
+        #: Remote path of the task whose error paused the pool, until the first task after the
+        #: resume has run: if that same task fails the same way again, it is the file's error.
+        self._suspect: str | None = None
 
     # --- API used by the arbitrator -----------------------------------------------------
 
@@ -66,10 +82,14 @@ class TransporterPool:
         with self._cond:
             if self._stopping:
                 return  # the item stays in flight and is recovered at the next start
-            self._queue.append(task)
-            if self._idle == 0 and len(self._workers) < self._limit and self.paused_reason is None:
-                self._start_worker()
-            self._cond.notify()
+            paused = self.paused_reason
+            if paused is None:
+                self._queue.append(task)
+                if self._idle == 0 and len(self._workers) < self._limit:
+                    self._start_worker()
+                self._cond.notify()
+                return
+        task.on_done(None, ServerPausedError(f"server {self.server!r} is paused: {paused}"))
 
     @property
     def queued(self) -> int:
@@ -148,6 +168,15 @@ class TransporterPool:
                 url = None
         except (ServerUnavailableError, ConfigurationError) as error:
             transporter.close()
+            with self._cond:
+                again = self._suspect == task.remote_path
+                self._suspect = None
+            if again:
+                log.warning("%s of %r on %r failed again right after the server answered a probe; "
+                            "failing this file instead of pausing the server: %s",
+                            task.action, task.remote_path, self.server, error)
+                task.on_done(None, error)
+                return self._factory()
             self._pause(task, error)
             return self._factory()
         except TransporterError as error:
@@ -165,22 +194,34 @@ class TransporterPool:
             transporter.close()
             task.on_done(None, RetryableError(f"unexpected {type(error).__name__}: {error}"))
             return transporter
+        with self._cond:
+            if self._suspect == task.remote_path:
+                self._suspect = None
         task.on_done(url, None)
         return transporter
 
     # --- pause and probe ----------------------------------------------------------------
 
     def _pause(self, task: TransportTask, error: TransporterError) -> None:
+        """Pause the pool; this task and every queued one end with ServerPausedError."""
         with self._cond:
-            self._queue.appendleft(task)
-            if self.paused_reason is not None:
-                return
-            self.paused_reason = str(error)
-            log.error("Server %r paused: %s. Queued files wait; probing it with backoff.", self.server, error)
-            self._probe_thread = threading.Thread(target=self._guarded, args=(self._probe,),
-                                                  name=f"probe-{self.server}", daemon=True)
-            self._probe_thread.start()
-        self._on_state_change()
+            first = self.paused_reason is None
+            if first:
+                self.paused_reason = str(error)
+                self.paused_since = time.time()
+                self._suspect = task.remote_path
+                log.error("Server %r paused: %s. Its files wait in the failed list; probing it.",
+                          self.server, error)
+                self._probe_thread = threading.Thread(target=self._guarded, args=(self._probe,),
+                                                      name=f"probe-{self.server}", daemon=True)
+                self._probe_thread.start()
+            drained = [task, *self._queue]
+            self._queue.clear()
+            reason = self.paused_reason
+        for waiting in drained:
+            waiting.on_done(None, ServerPausedError(f"server {self.server!r} is paused: {reason}"))
+        if first:
+            self._on_state_change()
 
     def _probe(self) -> None:
         delay = PROBE_FIRST_DELAY
@@ -202,11 +243,10 @@ class TransporterPool:
                 if transporter is not None:
                     transporter.close()
             with self._cond:
-                log.warning("Server %r is reachable again; resuming %d queued transfer(s)",
-                            self.server, len(self._queue))
+                log.warning("Server %r is reachable again after %.0f s; resuming", self.server,
+                            time.time() - (self.paused_since or time.time()))
                 self.paused_reason = None
-                while len(self._workers) < min(self._limit, len(self._queue)):
-                    self._start_worker()
+                self.paused_since = None
                 self._cond.notify_all()
             self._on_state_change()
             return

@@ -104,6 +104,11 @@ class Processor(abc.ABC):
         """Raise ProcessorUnavailable (with an install hint) if this processor cannot run here.
         Called once at start-up and by `check-config`."""
 
+    @classmethod
+    def shutdown(cls) -> None:
+        """Release process-wide resources the processor keeps between files; the daemon calls it
+        when it stops. Most processors keep none."""
+
     @abc.abstractmethod
     def run(self, input_file: str) -> str:
         """Process `input_file` (the previous processor's output, or the source) and return the
@@ -215,6 +220,11 @@ class ProcessorChain:
 
     def __init__(self, processor_classes: Sequence[type[Processor]]) -> None:
         self.processor_classes = tuple(processor_classes)
+
+    def shutdown(self) -> None:
+        """Release what the chain's processors keep between files (worker processes), at stop."""
+        for cls in dict.fromkeys(self.processor_classes):
+            cls.shutdown()
 
     @property
     def is_different_per_server(self) -> bool:

@@ -287,6 +287,10 @@ class Base(Processor):
     keep_filename: ClassVar[bool] = False
 
     @classmethod
+    def shutdown(cls) -> None:
+        shutdown_workers()
+
+    @classmethod
     def check_available(cls) -> None:
         missing = []
         for module, package in (("PIL", "Pillow"), ("oxipng", "pyoxipng")):
