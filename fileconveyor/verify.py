@@ -57,7 +57,7 @@ def _check_server(config: Config, server: str, rows: list[SyncedFile]) -> tuple[
 def verify(config: Config, requeue: bool = False, out: TextIO = sys.stdout) -> int:
     """Raises DatabaseError (naming the file) when synced_files.db is damaged, unreadable, or lost
     while the path index says files were synced: "checked 0, all present" would be a lie then."""
-    for warning in state.check(config.settings):
+    for warning in state.check(config.settings, pipeline=requeue):
         print(f"warning: {warning}", file=out)
     path = config.settings.SYNCED_FILES_DB
     if not os.path.exists(path) or os.path.getsize(path) == 0:

@@ -194,11 +194,12 @@ def readonly_uri(path: str) -> str:
     return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
 
 
-def connect(path: str, *, readonly: bool = False, timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
+def connect(path: str, *, readonly: bool = False, timeout: float | None = None) -> sqlite3.Connection:
     """A raw connection with this module's busy timeout, in autocommit mode (explicit BEGINs).
 
     For code that must drive SQLite itself (upgrade's exclusive migrations, tools); the daemon's
-    state goes through `Database`."""
+    state goes through `Database`. `timeout`: BUSY_TIMEOUT_SECONDS unless given."""
+    timeout = BUSY_TIMEOUT_SECONDS if timeout is None else timeout
     try:
         if readonly:
             if not os.path.exists(path):

@@ -126,12 +126,15 @@ def _lost_synced_files(synced: FileState, index: FileState) -> str | None:
             f"`fileconveyor upgrade --resync-all` to compare and sync every file again")
 
 
-def check(settings: Any, *, quick_check: bool = False) -> list[str]:
+def check(settings: Any, *, quick_check: bool = False, pipeline: bool = True) -> list[str]:
     """Read-only check of the three files; raises DatabaseError (naming the file and what to do) for
-    a damaged persistent_data.db or synced_files.db or a lost synced_files.db; returns warnings
-    (a damaged or unreadable index) for the caller to show."""
+    a damaged persistent_data.db (unless `pipeline` is False: the caller does not use it) or
+    synced_files.db, or a lost synced_files.db; returns warnings (a damaged index) to show."""
     warnings: list[str] = []
-    for path, table in ((settings.PERSISTENT_DATA_DB, "pipeline_queue"), (settings.SYNCED_FILES_DB, "synced_files")):
+    files = [(settings.SYNCED_FILES_DB, "synced_files")]
+    if pipeline:
+        files.insert(0, (settings.PERSISTENT_DATA_DB, "pipeline_queue"))
+    for path, table in files:
         state = inspect(path, table, quick_check=quick_check)
         if state.damage:
             raise DatabaseDamaged(f"{state.damage}. {damaged_hint(path)}", path)
