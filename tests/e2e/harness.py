@@ -103,13 +103,15 @@ def write_config(tmp_path, processors: tuple[str, ...] = (), settings: dict[str,
 class Daemon:
     """`fileconveyor run` as a child process; `start()` returns once it reports readiness."""
 
-    def __init__(self, setup: Setup) -> None:
+    def __init__(self, setup: Setup, code_dir: str = REPO) -> None:
         self.setup = setup
+        #: The directory whose `fileconveyor` package runs (the torture suite can run a snapshot).
+        self.code_dir = code_dir
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> "Daemon":
         read_end, write_end = os.pipe()
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=self.code_dir + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fileconveyor", "run", "--config", self.setup.config,
              "--ready-fd", str(write_end)],
