@@ -170,6 +170,8 @@ def status_report(config: Config) -> dict[str, Any]:
     except DatabaseError as error:
         report["problems"].append(str(error))
     pid = running_pid(s.PID_FILE)
+    if pid is None and os.path.exists(s.PID_FILE) and not os.access(s.PID_FILE, os.R_OK):
+        report["running"] = None  # the PID file is the daemon's (0600): a reader cannot tell
     if pid is not None:
         report.update(running=True, pid=pid)
         from fileconveyor.arbitrator import runtime_status_path
@@ -227,7 +229,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return status
-    state = f"running (PID {report['pid']})" if report["running"] else "not running"
+    state = (f"running (PID {report['pid']})" if report["running"]
+             else f"unknown (cannot read the PID file {report['pid_file']})" if report["running"] is None
+             else "not running")
     print(f"File Conveyor is {state}")
     runtime = report.get("runtime")
     if runtime:
