@@ -624,17 +624,24 @@ class _Loader:
         return "/".join(parts)
 
     def _warn_overlaps(self, rules: list[Rule]) -> None:
-        seen: dict[tuple[str, str, str], Rule] = {}
+        """Say what happens to a file that two rules of one source send to one server (a filter
+        may keep them apart; only the user knows, so this is a warning, and it tells the truth)."""
+        first: dict[tuple[str, str], tuple[Rule, str]] = {}
         for rule in rules:
             for destination in rule.destinations:
-                key = (rule.source, destination.server, destination.path)
-                other = seen.setdefault(key, rule)
-                if other is not rule:
-                    self.warning(destination.line,
-                                 f"rules {other.label!r} (line {other.line}) and {rule.label!r} of source "
-                                 f"{rule.source!r} both send to server {destination.server!r} under "
-                                 f"{destination.path or 'its root'!r}; a file matching both is synced once. "
-                                 "If that is not intended, give one of them another path")
+                key = (rule.source, destination.server)
+                seen = first.setdefault(key, (rule, destination.path))
+                other, other_path = seen
+                if other is rule:
+                    continue
+                where = (f"under {destination.path or 'its root'!r}" if destination.path == other_path else
+                         f"under {other_path or 'its root'!r} and {destination.path or 'its root'!r}")
+                self.warning(destination.line,
+                             f"rules {other.label!r} (line {other.line}) and {rule.label!r} of source "
+                             f"{rule.source!r} both send to server {destination.server!r} {where}. A file "
+                             "matching both is uploaded once per distinct remote name and every copy is kept, "
+                             f"verified and deleted with the file; synced_files.db (one URL per file and server) "
+                             f"records the copy of {other.label!r}, the first of them in this file")
 
     def load_settings(self, root: etree._Element) -> Settings | None:
         container = root.find("settings")

@@ -351,6 +351,20 @@ def test_overlapping_rules_are_a_warning_not_an_error(tmp_path: pathlib.Path) ->
     assert "'css'" in config.warnings[0].message and "'all'" in config.warnings[0].message
 
 
+def test_overlap_warning_tells_what_happens_at_different_paths(tmp_path: pathlib.Path) -> None:
+    """Two rules sending one file to one server at two paths keep both copies; the warning says so
+    and names the rule whose URL synced_files.db records (it used to say "synced once", which was
+    false, and only looked at equal paths)."""
+    text = doc(rules='<rules>\n    <rule for="site" label="first"><destinations><destination server="cdn" path="a"/>'
+                     '</destinations></rule>\n    <rule for="site" label="second">\n'
+                     '      <destinations><destination server="cdn" path="b"/></destinations></rule>\n'
+                     '  </rules>')
+    path, _ = write(tmp_path, text)
+    [warning] = load_config(path).warnings
+    assert "'a' and 'b'" in warning.message and "every copy is kept" in warning.message
+    assert "records the copy of 'first'" in warning.message
+
+
 def test_unused_server_and_logical_base_path_are_warnings(tmp_path: pathlib.Path) -> None:
     text = doc(sources='<sources>\n    <source name="site" scanPath="{scan}" documentRoot="{scan}" '
                        'basePath="/sub/"/>\n  </sources>',
