@@ -39,7 +39,7 @@ from fileconveyor.pipeline.synced_files import SyncedFiles, Upload, clear_requeu
 from fileconveyor.pipeline.workers import TransportTask, TransporterPool
 from fileconveyor.processors.base import ProcessorChain, resolve_processor
 from fileconveyor import routing
-from fileconveyor.transporters.base import TransporterContext, resolve_transporter
+from fileconveyor.transporters.base import RetryableError, TransporterContext, resolve_transporter
 from fileconveyor.trip import WORK_DIR_PREFIX, PlannedUpload, Trip
 
 log = logging.getLogger(__name__)
@@ -342,8 +342,18 @@ class Arbitrator:
         self._processors.submit(body)
 
     def start_uploads(self, intents: list[tuple[str, str, str]], tasks: list[tuple[str, TransportTask]]) -> None:
-        """Make upload intents durable (one transaction for a batch), then start the uploads."""
-        self.pipeline.add_pending_uploads(intents)
+        """Make upload intents durable (one transaction for a batch), then start the uploads.
+
+        If the intents cannot be written, no upload starts and each task ends with that error
+        (its trip fails and is retried): an upload is never made that a crash could orphan."""
+        try:
+            self.pipeline.add_pending_uploads(intents)
+        except Exception as error:  # noqa: BLE001 - these files fail; the daemon goes on
+            log.error("Cannot record %d upload intent(s) in %s: %s", len(intents),
+                      self.settings.PERSISTENT_DATA_DB, error)
+            for _server, task in tasks:
+                task.on_done(None, RetryableError(f"cannot record the upload intent: {error}"))
+            return
         for server, task in tasks:
             self.pools[server].submit(task)
 

@@ -24,12 +24,17 @@ from fileconveyor.fsmonitor.base import Event
 from fileconveyor.pipeline.queue import PersistentPipeline
 from fileconveyor.pipeline import state
 from fileconveyor.pipeline.db import DatabaseError
-from fileconveyor.pipeline.synced_files import SyncedFile
+from fileconveyor.pipeline.synced_files import SyncedFile, all_copies
 from fileconveyor.transporters.base import TransporterContext, TransporterError, resolve_transporter
 
 
-def _check_server(config: Config, server: str, rows: list[SyncedFile]) -> tuple[list[SyncedFile], list[str]]:
-    """Returns (missing rows, problems that prevented checks)."""
+def _check_server(config: Config, server: str, rows: list[SyncedFile],
+                  copies: dict[tuple[str, str], list[str]]) -> tuple[list[SyncedFile], list[str]]:
+    """Returns (missing rows, problems that prevented checks).
+
+    A row is present when EVERY copy recorded for it in `synced_copies` is there (two rules may send
+    one file to one server at two places). A row without recorded copies (written by an older
+    version or by the original) is located through the config, where any one place will do."""
     missing: list[SyncedFile] = []
     problems: list[str] = []
     settings = config.servers[server]
@@ -42,9 +47,12 @@ def _check_server(config: Config, server: str, rows: list[SyncedFile]) -> tuple[
                            timeout=config.settings.VERIFY_TIMEOUT))
     try:
         for row in rows:
-            remotes = routing.remote_paths_on_server(config, row.input_file, server, row.transported_file_basename)
+            recorded = copies.get((row.input_file, server))
+            remotes = recorded or routing.remote_paths_on_server(
+                config, row.input_file, server, row.transported_file_basename)
             try:
-                if not remotes or not any(transporter.exists(remote) for remote in remotes):
+                present = [transporter.exists(remote) for remote in remotes]
+                if not present or not (all(present) if recorded else any(present)):
                     missing.append(row)
             except TransporterError as error:
                 problems.append(f"{row.input_file} on {server}: cannot check: {error}")
@@ -67,6 +75,7 @@ def verify(config: Config, requeue: bool = False, out: TextIO = sys.stdout) -> i
     synced = state.open_synced_files(config.settings, readonly=True)  # creates nothing, locks nothing
     try:
         rows = list(synced.all())
+        copies = all_copies(synced)
     finally:
         synced.close()
     by_server: dict[str, list[SyncedFile]] = {}
@@ -78,7 +87,7 @@ def verify(config: Config, requeue: bool = False, out: TextIO = sys.stdout) -> i
             unknown += 1
     missing: list[SyncedFile] = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, len(by_server)))) as pool:
-        futures = {pool.submit(_check_server, config, server, server_rows): server
+        futures = {pool.submit(_check_server, config, server, server_rows, copies): server
                    for server, server_rows in by_server.items()}
         for future in concurrent.futures.as_completed(futures):
             server_missing, problems = future.result()

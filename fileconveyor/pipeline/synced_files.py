@@ -20,7 +20,7 @@ import random
 import sqlite3
 from typing import Iterator
 
-from fileconveyor.pipeline.db import Database, Journal
+from fileconveyor.pipeline.db import Database, DatabaseError, Journal
 
 SCHEMA_VERSION = 2
 
@@ -182,6 +182,19 @@ def copies_of(synced: "SyncedFiles", input_file: str) -> list[tuple[str, str]]:
     """(server, remote_path) of every copy of `input_file` that File Conveyor made and still knows."""
     rows = synced.db.query("SELECT server, remote_path FROM synced_copies WHERE input_file = ?", (input_file,))
     return [(r[0], r[1]) for r in rows]
+
+
+def all_copies(synced: "SyncedFiles") -> dict[tuple[str, str], list[str]]:
+    """(input_file, server) -> remote paths of its recorded copies (empty for a database written
+    before copies were recorded)."""
+    found: dict[tuple[str, str], list[str]] = {}
+    try:
+        rows = synced.db.query("SELECT input_file, server, remote_path FROM synced_copies ORDER BY remote_path")
+    except (sqlite3.Error, DatabaseError):  # opened read-only before the table was ever created
+        return found
+    for input_file, server, remote in rows:
+        found.setdefault((input_file, server), []).append(remote)
+    return found
 
 
 def forget_copies(synced: "SyncedFiles", copies: "list[tuple[str, str, str]]") -> None:
