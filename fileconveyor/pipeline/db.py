@@ -53,6 +53,8 @@ RETRY_FIRST_DELAY = 0.5
 RETRY_MAX_DELAY = 30.0
 #: A lasting problem is logged again at most this often (it is in `degraded()` all along).
 RELOG_INTERVAL = 300.0
+#: How long opening a database retries writing its schema (BUSY, disk full) before it fails.
+OPEN_PATIENCE_SECONDS = 10.0
 
 # Primary SQLite result codes (https://sqlite.org/rescode.html).
 _SQLITE_READONLY, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR = 8, 5, 6, 10
@@ -218,8 +220,10 @@ class Database:
     """A SQLite file with a known schema version, shared safely between threads."""
 
     def __init__(self, path: str, schema: Sequence[str], version: int, *,
-                 journal: Journal = Journal.ROLLBACK, readonly: bool = False, legacy_hint: str = "") -> None:
-        """`legacy_hint`: what to say about a file in the original File Conveyor's format."""
+                 journal: Journal | None = Journal.ROLLBACK, readonly: bool = False, legacy_hint: str = "") -> None:
+        """`journal`: None keeps the file's current mode (a new file: ROLLBACK), for openers that do
+        not know the setting that chose it. `legacy_hint`: what to say about a file in the original
+        File Conveyor's format."""
         self.path = path
         self.readonly = readonly
         self.journal = journal
@@ -243,6 +247,9 @@ class Database:
         path = self.path
         try:
             if not self.readonly:
+                if self.journal is None:
+                    current_mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+                    self.journal = Journal.WAL if current_mode == Journal.WAL.value else Journal.ROLLBACK
                 mode = self._conn.execute(f"PRAGMA journal_mode = {self.journal.value}").fetchone()[0]
                 if mode != self.journal.value:  # another process holds the file: keep going, say so
                     log.warning("%s stays in journal mode %s (wanted %s: another process has it open)",
@@ -265,7 +272,8 @@ class Database:
             for statement in schema:  # all IF NOT EXISTS: a lost table or index comes back
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {int(version)}")
-        self.write(create)
+        # Bounded: a daemon that cannot write its state at start says so instead of hanging.
+        self.write(create, give_up_after=OPEN_PATIENCE_SECONDS)
 
     def tables(self) -> set[str]:
         rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
@@ -274,17 +282,22 @@ class Database:
 
     # --- writing --------------------------------------------------------------------------
 
-    def write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+    def write(self, body: Callable[[sqlite3.Connection], T], give_up_after: float | None = None) -> T:
         """Run `body(conn)` in one transaction and return its result. BUSY, a full disk and I/O
         errors roll back and re-run the whole transaction after a backoff, for as long as they
-        last (shown by `degraded()`); `body` must therefore only touch the database."""
+        last (shown by `degraded()`), or until `give_up_after` seconds have passed (then the
+        DatabaseUnavailable is raised); `body` must therefore only touch the database."""
         delay = RETRY_FIRST_DELAY
         last_log = 0.0
+        deadline = None if give_up_after is None else time.monotonic() + give_up_after
         while True:
             try:
                 with self.transaction(retry=False) as conn:
                     result = body(conn)
             except DatabaseUnavailable as error:
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    _note_recovered(self.path)  # the caller reports it; nothing keeps retrying
+                    raise
                 state = _note_problem(self.path, error)
                 if time.monotonic() - last_log >= RELOG_INTERVAL:
                     last_log = time.monotonic()

@@ -61,9 +61,11 @@ def new_generation() -> int:
 
 
 class SyncedFiles:
-    def __init__(self, path: str, *, readonly: bool = False, wal: bool = False) -> None:
-        self.db = Database(path, SCHEMA, SCHEMA_VERSION, readonly=readonly,
-                           journal=Journal.WAL if wal else Journal.ROLLBACK)
+    def __init__(self, path: str, *, readonly: bool = False, wal: bool | None = None) -> None:
+        """`wal`: None keeps the file's journal mode (rollback for a new file): the daemon sets it
+        from SYNCED_FILES_WAL at start (`fileconveyor.pipeline.state.prepare`)."""
+        journal = None if wal is None else Journal.WAL if wal else Journal.ROLLBACK
+        self.db = Database(path, SCHEMA, SCHEMA_VERSION, readonly=readonly, journal=journal)
         if not readonly and not self.generation:
             generation = new_generation()
             self.db.write(lambda conn: conn.execute(f"PRAGMA application_id = {generation}"))

@@ -63,11 +63,15 @@ def test_persistent_data_uses_a_rollback_journal_and_synchronous_full(tmp_path):
     assert _journal_mode(path) == "delete"
 
 
-def test_synced_files_wal_is_a_choice(tmp_path):
+def test_synced_files_wal_is_a_choice_that_other_openers_keep(tmp_path):
     path = tmp_path / "synced_files.db"
+    SyncedFiles(str(path)).close()
+    assert _journal_mode(path) == "delete"
     SyncedFiles(str(path), wal=True).close()
     assert _journal_mode(path) == "wal"
-    SyncedFiles(str(path)).close()
+    SyncedFiles(str(path)).close()  # an opener that does not know SYNCED_FILES_WAL
+    assert _journal_mode(path) == "wal"
+    SyncedFiles(str(path), wal=False).close()
     assert _journal_mode(path) == "delete"
 
 
