@@ -12,6 +12,14 @@ failure is worth retrying:
   The file goes to the failed list with the reason; it is retried only at the retry cap.
 * `ConfigurationError`: the settings are wrong (bad credentials, unknown host key). Nothing will work
   until the user fixes the config; the pool pauses and the message says what to change.
+* `SourceVanishedError`: the local file was gone before or while it was sent. Not the server's
+  problem and not a failure: the DELETED event for the path follows, so nothing is recorded.
+
+Only an error that says the server *as a whole* is unusable (connection refused, bad credentials
+at login or probe, a missing bucket/container/root) may be a ServerUnavailableError or a
+ConfigurationError: those pause every file of the server. A refusal of one request (a denied key or
+path, an ACL or storage class the endpoint does not take for this object) is the file's error,
+PermanentError or RetryableError, even when a setting is its cause: the message names the setting.
 
 A transporter is constructed without I/O (so `check-config` can build one); it connects lazily on
 first use and reconnects after a failure. Every network call has a timeout. Remote paths given to
@@ -22,11 +30,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import errno
 import importlib
 import posixpath
+import re
+import secrets
 import types
 import urllib.parse
-from typing import ClassVar, Mapping
+from typing import BinaryIO, ClassVar, Mapping
+
+from fileconveyor import localfile
+from fileconveyor.filter import is_within
 
 
 class TransporterError(Exception):
@@ -51,6 +65,18 @@ class ConfigurationError(TransporterError):
     kind = "configuration"
 
 
+class SourceVanishedError(TransporterError):
+    """The local file to upload no longer exists (deleted or renamed away before or during the
+    upload). Every transporter raises this, and only this, for a missing local file: the
+    pipeline treats the upload as done with nothing to record, as the DELETED event follows."""
+
+    kind = "vanished"
+
+    def __init__(self, message: str, local_path: str = "") -> None:
+        super().__init__(message)
+        self.local_path = local_path
+
+
 class TransporterNotFound(Exception):
     """A `transporter` name in config.xml that does not resolve; the message has the fix."""
 
@@ -62,8 +88,11 @@ class TransporterContext:
     server_name: str
     #: Directory for the transporter's own durable state (e.g. multipart upload checkpoints).
     state_dir: str
-    #: Every source's scan path: symlink_or_copy links (rather than copies) files below these.
+    #: Every source's scan path: symlink_or_copy links (rather than copies) files below these,
+    #: and a file below one of them must resolve inside it (rsync's "safe links").
     source_roots: tuple[str, ...] = ()
+    #: The setting SYNC_UNSAFE_SYMLINKS: send source files that resolve outside their tree too.
+    allow_unsafe_links: bool = False
     #: Seconds for any single network operation.
     timeout: float = 60.0
 
@@ -94,15 +123,107 @@ def normalize_remote_path(remote_path: str) -> str:
     return "/".join(parts)
 
 
+def encode_url_path(path: str) -> str:
+    """`path` percent-encoded for a URL: every byte of its UTF-8 form is encoded except RFC 3986's
+    unreserved characters (`A-Z a-z 0-9 - . _ ~`) and `/`.
+
+    The one encoding of every transporter. Stricter than a URL needs: `;` starts path parameters
+    for many servers, `'` ends a CSS `url('...')` or an HTML attribute, `+` is a space to S3,
+    `#`, `?`, `%` and spaces break any URL. A name that is not valid UTF-8 (decoded with
+    surrogateescape, as Python does for such file names) is encoded byte for byte."""
+    return urllib.parse.quote(path.encode("utf-8", "surrogateescape"), safe="/")
+
+
 def join_url(base_url: str, remote_path: str) -> str:
-    """`base_url` + percent-encoded `remote_path`, with exactly one `/` between them.
+    """`base_url` + `encode_url_path(remote_path)`, with exactly one `/` between them.
 
     Unlike `urljoin`, the last segment of a base without a trailing slash is kept (the original
-    silently dropped it), and every character that is not safe in a URL path is encoded, so names
-    with `#`, `?`, `%` or spaces give working URLs.
-    """
-    encoded = urllib.parse.quote(remote_path, safe="/~!$&'()*+,;=:@")
-    return base_url.rstrip("/") + "/" + encoded.lstrip("/")
+    silently dropped it). The base is used as configured (it is the user's, already a URL)."""
+    return base_url.rstrip("/") + "/" + encode_url_path(remote_path).lstrip("/")
+
+
+#: Longest file name (one path component) in bytes on the file systems of POSIX servers.
+NAME_MAX = 255
+#: In every temporary name, so that readers of a destination (and tests) can recognise one.
+TEMP_MARKER = ".fctmp-"
+#: `.<name>.fctmp-<12 hex digits>`: how a temporary name ends; the sweep removes nothing else.
+TEMP_NAME_PATTERN = re.compile(r"\..*" + re.escape(TEMP_MARKER) + r"[0-9a-f]{12}", re.DOTALL)
+
+
+def refuse_long_names(remote_path: str) -> None:
+    """PermanentError if a component of `remote_path` is longer than NAME_MAX bytes of UTF-8.
+
+    For destinations that are POSIX file systems (SFTP, FTP, local): their servers often report
+    ENAMETOOLONG as a generic failure that looks transient, so it would be retried for ever."""
+    for part in remote_path.split("/"):
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > NAME_MAX:
+            raise PermanentError(
+                f"the name {part[:40]!r}... is {size} bytes long; file systems take at most "
+                f"{NAME_MAX} bytes per name: shorten it (or rename it with a processor)")
+
+
+def shorten_utf8(name: str, max_bytes: int) -> str:
+    """`name` cut to at most `max_bytes` bytes of UTF-8, never in the middle of a character (a
+    valid UTF-8 name stays valid; an undecodable byte kept by surrogateescape counts as one)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= max_bytes:
+        return name
+    end = max(max_bytes, 0)
+    # A UTF-8 continuation byte (10xxxxxx) at the cut means a character would be split.
+    while end > 0 and raw[end] & 0xC0 == 0x80:
+        end -= 1
+    return raw[:end].decode("utf-8", "surrogateescape")
+
+
+def temporary_name(target: str, directory: str | None = None) -> str:
+    """`<directory>/.<name>.fctmp-<random>` for an upload to `target` (POSIX path), by default in
+    the target's own directory (same file system, so the rename into place is atomic).
+
+    Hidden (a leading dot: web servers commonly refuse to serve dot files), unique per attempt,
+    and within NAME_MAX bytes however long the name is: the name part is cut by bytes, so a
+    255-byte name of multibyte characters can still be uploaded."""
+    parent, name = posixpath.split(target)
+    suffix = TEMP_MARKER + secrets.token_hex(6)
+    short = shorten_utf8(name, NAME_MAX - 1 - len(suffix))
+    return posixpath.join(parent if directory is None else directory, f".{short}{suffix}")
+
+
+def is_temporary_name(path: str) -> bool:
+    """Does the last component of `path` have the shape `temporary_name` gives?"""
+    return TEMP_NAME_PATTERN.fullmatch(posixpath.basename(path)) is not None
+
+
+def open_local_file(local_path: str, source_root: str | None = None) -> BinaryIO:
+    """Open the file to upload for reading, with the one classification of every transporter:
+    a file that is gone is SourceVanishedError, one that can never be read (denied, a directory)
+    is PermanentError, anything else (I/O error, too many open files) is RetryableError.
+
+    Never blocks and never reads a FIFO or device swapped in for the file, and with
+    `source_root` (`Transporter.source_root_for`) never a file that resolves outside that tree:
+    see fileconveyor.localfile."""
+    try:
+        return localfile.open_regular(local_path, root=source_root)
+    except OSError as error:
+        raise local_file_error(local_path, error) from None
+
+
+def local_file_error(local_path: str, error: OSError) -> TransporterError:
+    """The classified error for an OSError while opening, statting or reading `local_path`."""
+    if isinstance(error, localfile.NotRegularFileError):
+        # Replaced by a FIFO, socket or device: the file we were to send is gone as such.
+        return SourceVanishedError(f"{error}; not sent", local_path)
+    if isinstance(error, localfile.UnsafeLinkError):
+        return PermanentError(f"refusing to send {local_path}: {error}")
+    if error.errno in (errno.ENOENT, errno.ENOTDIR):
+        return SourceVanishedError(
+            f"the local file {local_path} is gone ({error.strerror}); its deletion follows",
+            local_path)
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP,
+                       errno.ENAMETOOLONG):
+        return PermanentError(f"cannot read the local file {local_path}: {error.strerror}; "
+                              "check its permissions")
+    return RetryableError(f"cannot read the local file {local_path}: {error}")
 
 
 class Transporter(abc.ABC):
@@ -126,6 +247,14 @@ class Transporter(abc.ABC):
     def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
         self.settings: dict[str, str] = {**self.default_settings, **settings}
         self.context = context
+
+    def source_root_for(self, local_path: str) -> str | None:
+        """The source tree that `local_path` must resolve inside (pass it to `open_local_file`),
+        or None: not a source file (a processed copy), or unsafe links are allowed."""
+        if self.context.allow_unsafe_links:
+            return None
+        roots = [root for root in self.context.source_roots if is_within(root, local_path)]
+        return min(roots, key=len) if roots else None
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, str]) -> list[str]:
@@ -173,6 +302,13 @@ class Transporter(abc.ABC):
     def probe(self) -> None:
         """Cheap check that the server is reachable and the settings work; raises a classified
         error. The pool calls it while a paused server is being watched."""
+
+    def remove_leftovers(self) -> None:
+        """Remove what interrupted uploads left on the server (temporary names, unfinished
+        multipart uploads), as recorded in the state directory. Each transporter also does this
+        by itself whenever it (re)connects; the daemon may call it once per server at start-up so
+        that leftovers go without waiting for the next upload. Raises a classified error if the
+        server cannot be reached (then the next connection cleans up)."""
 
     def close(self) -> None:
         """Drop the connection (idempotent)."""

@@ -20,7 +20,10 @@ Protocol notes this module is shaped by:
   with backoff, and a retry hidden in here would hide a dead server from the pool.
 * **Errors.** `ClientException.http_status`: 401 bad credentials (configuration), 403/400/413
   refused (permanent), 404 container gone (recreated once), 408/422/429/498/5xx transient. No
-  status means the connection failed: refused connections are ServerUnavailableError.
+  status means the connection failed: refused connections are ServerUnavailableError. A 401 on a
+  request for one object (swiftclient has already re-authenticated once) pauses the server only
+  if authenticating fails too; otherwise only that object is refused (PermanentError). A missing
+  container that these credentials may not create is a ConfigurationError.
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ from fileconveyor.transporters.base import (
     TransporterError,
     join_url,
     normalize_remote_path,
+    open_local_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -167,10 +171,25 @@ class CloudFilesTransporter(Transporter):
             raise
         except Exception as error:
             classified = self._error(action, error)
+            if isinstance(error, ClientException) and error.http_status == 401 \
+                    and action != "authentication" and self._authenticates(conn):
+                classified = PermanentError(
+                    f"Swift {action} refused (401) although these credentials authenticate: "
+                    "the account may not access this object")
             if isinstance(classified, RetryableError) or isinstance(error, ClientException) and \
                     error.http_status == 401:
                 self.close()  # a fresh connection (and token) for the next attempt
             raise classified from None
+
+    @staticmethod
+    def _authenticates(conn: swiftclient.client.Connection) -> bool:
+        """Do the settings still get a token? (Only asked after a 401, to tell bad credentials,
+        which pause the server, from one refused object, which does not.)"""
+        try:
+            conn.get_auth()
+        except Exception:  # noqa: BLE001 - any failure: not usable, the 401 stands
+            return False
+        return True
 
     def _ensure_container(self, conn: swiftclient.client.Connection) -> None:
         """Create the container if missing; make it public if `public` says so."""
@@ -182,8 +201,16 @@ class CloudFilesTransporter(Transporter):
         except ClientException as error:
             if error.http_status != 404:
                 raise
-            conn.put_container(self.container, headers={"X-Container-Read": ".r:*"}
-                               if public else {})
+            try:
+                conn.put_container(self.container, headers={"X-Container-Read": ".r:*"}
+                                   if public else {})
+            except ClientException as refused:
+                if refused.http_status not in (401, 403):
+                    raise
+                raise ConfigurationError(
+                    f"Swift container {self.container!r} does not exist and these credentials "
+                    f"may not create it ({refused.http_status}); create it, or fix <container>"
+                ) from None
             logger.info("created Swift container %s%s", self.container,
                         " (public)" if public else "")
         else:
@@ -221,11 +248,7 @@ class CloudFilesTransporter(Transporter):
 
     def upload(self, local_path: str, remote_path: str) -> str:
         relative = normalize_remote_path(remote_path)
-        try:
-            local = open(local_path, "rb")
-        except OSError as error:
-            raise PermanentError(f"cannot read local file {local_path}: {error}") from None
-        with local:
+        with open_local_file(local_path, self.source_root_for(local_path)) as local:
             md5 = hashlib.md5(usedforsecurity=False)
             for block in iter(lambda: local.read(_HASH_BLOCK), b""):
                 md5.update(block)

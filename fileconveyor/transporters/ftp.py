@@ -10,7 +10,8 @@ Protocol quirks this module is shaped by:
 * **Atomic replace.** STOR to `.<name>.fctmp-<random>` in the target directory, check the size
   with SIZE where the server has it, then RNFR/RNTO over the final name. POSIX servers replace on
   rename; a server that refuses to overwrite gets DELE of the old file and RNTO again (a reader
-  may then find no file for an instant, never a partial one).
+  may then find no file for an instant, never a partial one). Temporary names are recorded on
+  local disk first and swept after every (re)connect (`temporary.py`, shared with SFTP).
 * **Paths.** Every command uses an absolute path (the login directory, from PWD, is prepended to a
   relative `path`), so no CWD state can leak between operations. Names cannot contain CR or LF
   (a command is one line); such names are refused as permanent errors.
@@ -28,7 +29,6 @@ import ftplib
 import logging
 import os
 import posixpath
-import secrets
 import socket
 import ssl
 import urllib.parse
@@ -44,6 +44,13 @@ from fileconveyor.transporters.base import (
     TransporterError,
     join_url,
     normalize_remote_path,
+    refuse_long_names,
+    open_local_file,
+)
+from fileconveyor.transporters.temporary import (
+    PendingTemporaryNames,
+    RenameIntoPlace,
+    upload_via_temporary_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,18 +59,12 @@ TRANSPORTER_CLASS = "FTPTransporter"
 
 T = TypeVar("T")
 
-TEMP_MARKER = ".fctmp-"
 BLOCK_SIZE = 256 * 1024
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 #: Errors after which the control connection cannot be trusted any more.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     EOFError, OSError, ftplib.error_reply, ftplib.error_proto)
-
-
-def temporary_name(target: str) -> str:
-    directory, name = posixpath.split(target)
-    return posixpath.join(directory, f".{name}{TEMP_MARKER}{secrets.token_hex(6)}")
 
 
 def _code(error: BaseException) -> str:
@@ -101,7 +102,7 @@ class FTPTransporter(Transporter):
         self._root = ""
         self._features: set[str] = set()
         self._known_dirs: set[str] = set()
-        self._orphans: set[str] = set()
+        self._pending = PendingTemporaryNames(context.state_dir, context.server_name)
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, str]) -> list[str]:
@@ -204,7 +205,7 @@ class FTPTransporter(Transporter):
                      self._root)
         self._ftp = ftp
         self._known_dirs.clear()
-        self._remove_orphans(ftp)
+        self._pending.sweep(lambda path: self._remove(ftp, path))
         return ftp
 
     @staticmethod
@@ -250,12 +251,19 @@ class FTPTransporter(Transporter):
             except TransporterError:
                 raise
             except Exception as error:
+                # 421: the server closes the session; 530 after login: the session was logged
+                # out (an idle timeout, a restart). A fresh login decides whether it is ours.
                 dead = isinstance(error, _CONNECTION_ERRORS) or (
-                    isinstance(error, ftplib.error_temp) and _code(error) == "421")
+                    isinstance(error, (ftplib.error_temp, ftplib.error_perm))
+                    and _code(error) in ("421", "530"))
                 if not dead:
                     raise self._error(action, error) from None
                 self.close()
                 if fresh or attempt == 2:
+                    if isinstance(error, ftplib.error_perm) and _code(error) == "530":
+                        raise PermanentError(
+                            f"FTP {action}: refused with 530 right after a successful login, so "
+                            f"this request is refused to this user: {error}") from None
                     raise self._error(action, error) from None
                 logger.debug("reused FTP connection was dead during %s (%s); reconnecting",
                              action, error)
@@ -270,17 +278,8 @@ class FTPTransporter(Transporter):
                 pass
             ftp.close()
 
-    def _remove_orphans(self, ftp: ftplib.FTP) -> None:
-        for path in sorted(self._orphans):
-            try:
-                ftp.delete(path)
-                logger.debug("removed temporary file %s left by a failed transfer", path)
-            except ftplib.error_perm:
-                pass  # gone already (550), or not ours to remove
-            except ftplib.Error as error:
-                logger.warning("cannot remove temporary file %s: %s", path, error)
-                continue
-            self._orphans.discard(path)
+    def remove_leftovers(self) -> None:
+        self._run("removal of temporary files", lambda ftp: None)  # a fresh connection sweeps
 
     # -- operations --------------------------------------------------------------------------------
 
@@ -338,19 +337,16 @@ class FTPTransporter(Transporter):
 
     def upload(self, local_path: str, remote_path: str) -> str:
         relative = normalize_remote_path(remote_path)
-        try:
-            local = open(local_path, "rb")
-        except OSError as error:
-            raise PermanentError(f"cannot read local file {local_path}: {error}") from None
+        refuse_long_names(relative)
+        local = open_local_file(local_path, self.source_root_for(local_path))
 
         def put(ftp: ftplib.FTP) -> None:
             target = self._full(relative)
             self._ensure_dir(ftp, posixpath.dirname(target))
-            temp = temporary_name(target)
-            size = os.fstat(local.fileno()).st_size
-            local.seek(0)
-            self._orphans.add(temp)
-            try:
+
+            def store(temp: str) -> None:
+                size = os.fstat(local.fileno()).st_size
+                local.seek(0)
                 ftp.storbinary("STOR " + temp, local, blocksize=BLOCK_SIZE)
                 if "SIZE" in self._features:
                     stored = self._size(ftp, temp)
@@ -358,16 +354,12 @@ class FTPTransporter(Transporter):
                         raise RetryableError(
                             f"FTP upload of {relative}: the server stored {stored} of {size} "
                             "bytes")
-                self._rename_into_place(ftp, temp, target)
-            except _CONNECTION_ERRORS:
-                raise  # the temporary file is removed after the reconnect
-            except BaseException:
-                try:
-                    ftp.delete(temp)
-                except (ftplib.Error,) + _CONNECTION_ERRORS:
-                    pass
-                raise
-            self._orphans.discard(temp)
+
+            upload_via_temporary_name(self._pending, target, RenameIntoPlace(
+                store=store,
+                rename=lambda temp, final: self._rename_into_place(ftp, temp, final),
+                remove=lambda path: self._remove(ftp, path),
+                connection_lost=lambda error: isinstance(error, _CONNECTION_ERRORS)))
 
         with local:
             self._run(f"upload of {relative}", put)
@@ -377,16 +369,16 @@ class FTPTransporter(Transporter):
     def delete(self, remote_path: str) -> None:
         relative = normalize_remote_path(remote_path)
 
-        def remove(ftp: ftplib.FTP) -> None:
-            path = self._full(relative)
-            try:
-                ftp.delete(path)
-            except ftplib.error_perm as error:
-                # 550 means "no such file" as well as "denied": only the first is fine.
-                if _code(error) != "550" or self._is_file(ftp, path):
-                    raise
+        self._run(f"delete of {relative}", lambda ftp: self._remove(ftp, self._full(relative)))
 
-        self._run(f"delete of {relative}", remove)
+    def _remove(self, ftp: ftplib.FTP, path: str) -> None:
+        """DELE `path`; one that is already gone is not an error."""
+        try:
+            ftp.delete(path)
+        except ftplib.error_perm as error:
+            # 550 means "no such file" as well as "denied": only the first is fine.
+            if _code(error) != "550" or self._is_file(ftp, path):
+                raise
 
     def exists(self, remote_path: str) -> bool:
         relative = normalize_remote_path(remote_path)

@@ -12,7 +12,12 @@ Why it is shaped this way:
   server must hear about it within seconds, not after botocore's minutes of retrying.
 * **Errors classified here**, from botocore exception types and S3 error codes (`_classify`).
   A `HEAD` response has no body, so a 403/404 on `head_bucket` carries no error code: the probe
-  turns both into a ConfigurationError that names the bucket.
+  turns both into a ConfigurationError that names the bucket. A refusal of one request is the
+  file's error, never a pause of the server: an ACL the bucket does not take, a storage class the
+  endpoint lacks, a 403 on one key are PermanentErrors that name the setting to fix. A
+  credentials or bucket error on a request for one object pauses the server only if the bucket
+  itself then refuses these settings too (a HEAD of the bucket, in the error path only): an
+  object denied by a bucket policy, or a key a server signs wrongly, fails alone.
 * **Integrity**: every single PUT and every multipart part carries `Content-MD5`, so S3 rejects a
   body damaged in transit (`BadDigest`, retryable). After `CompleteMultipartUpload` the returned
   ETag is compared with the one computed locally (MD5 of the parts' MD5s, `-N`).
@@ -31,7 +36,8 @@ Why it is shaped this way:
   start (first upload or probe) checkpoints whose file has changed or gone are aborted, so no
   orphaned uploads (which S3 bills for) are left behind.
 * **URLs are permanent and unsigned**; every character of the key but
-  `A-Za-z0-9-._~/` is percent-encoded (S3 reads a `+` in a path as a space). With `url_base`
+  `A-Za-z0-9-._~/` is percent-encoded (`base.encode_url_path`; S3 reads a `+` in a path as a
+  space). With `url_base`
   the URL is on that domain; with `endpoint_url` it is path-style `endpoint/bucket/key`; otherwise
   virtual-hosted `scheme://bucket.s3[.region].amazonaws.com/key`. `url_scheme` defaults to https
   (the original recorded http).
@@ -64,14 +70,18 @@ import botocore.handlers
 import botocore.loaders
 import botocore.session
 
+from fileconveyor.localfile import open_regular_fd
 from fileconveyor.transporters.base import (
     ConfigurationError,
     PermanentError,
     RetryableError,
     ServerUnavailableError,
+    SourceVanishedError,
     Transporter,
     TransporterContext,
     TransporterError,
+    join_url,
+    local_file_error,
     normalize_remote_path,
 )
 
@@ -99,8 +109,21 @@ CONFIGURATION_CODES = frozenset({
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
     "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId",
     "InvalidBucketName", "NoSuchBucket", "PermanentRedirect", "AllAccessDisabled",
-    "AccountProblem", "InvalidStorageClass", "RequestTimeTooSkewed", "AccessControlListNotSupported",
+    "AccountProblem", "RequestTimeTooSkewed",
 })
+#: Codes that refuse one request because of a setting it carried; the endpoint still works (the
+#: probe succeeds), so they are the file's permanent error, with what to change.
+REQUEST_SETTING_CODES: Mapping[str, str] = {
+    "AccessControlListNotSupported":
+        "the bucket does not take ACLs (its object ownership is 'bucket owner enforced'); "
+        "leave <acl> empty, or change the bucket's object ownership",
+    "InvalidStorageClass":
+        "the endpoint does not offer the <storage_class> set; write one it offers, or leave it "
+        "empty",
+    "NotImplemented":
+        "the endpoint does not implement something this request asked for (<acl>, "
+        "<storage_class>, <expires>?); leave those settings empty",
+}
 #: Codes worth retrying: throttling, server trouble, a body damaged in transit.
 RETRYABLE_CODES = frozenset({
     "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
@@ -192,6 +215,8 @@ def _classify(error: Exception, what: str, bucket: str) -> TransporterError:
                 "(and <bucket_prefix>, which is prepended to it)")
         if code == "RequestTimeTooSkewed":
             return ConfigurationError(f"{message}: this machine's clock is wrong; fix it (NTP)")
+        if code in REQUEST_SETTING_CODES:
+            return PermanentError(f"{message}: {REQUEST_SETTING_CODES[code]} ({error})")
         if code in CONFIGURATION_CODES:
             return ConfigurationError(
                 f"{message}: check <access_key_id>, <secret_access_key>, <bucket_name>, "
@@ -206,7 +231,8 @@ def _classify(error: Exception, what: str, bucket: str) -> TransporterError:
     if isinstance(error, botocore.exceptions.BotoCoreError):
         return RetryableError(f"{what}: {error}")
     if isinstance(error, FileNotFoundError):
-        return PermanentError(f"{what}: the local file is gone ({error})")
+        return SourceVanishedError(f"{what}: the local file is gone ({error})",
+                                   error.filename or "")
     if isinstance(error, OSError):
         return RetryableError(f"{what}: {error}")
     raise error
@@ -227,39 +253,25 @@ class MultipartStats:
 
 
 class SQLiteState:
-    """A small private SQLite file for a transporter's durable state (huey's pattern): every
-    access goes through `_transaction` (one lock, one short transaction); created 0600."""
+    """A small private SQLite file for a transporter's durable state (huey's pattern), opened
+    through the state-database gate (fileconveyor.pipeline.db): one lock, one short transaction per
+    access, BUSY and a full disk retried at BEGIN/COMMIT, errors naming the file; created 0600; WAL
+    (only this process reads it, so no reader needs to write a -shm file)."""
 
     #: CREATE statements run at open (each IF NOT EXISTS).
     DDL: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        self._db = sqlite3.connect(path, timeout=30, check_same_thread=False,
-                                   isolation_level=None)
-        # WAL so a reader (a test, an audit) never blocks the writers; must be outside BEGIN.
-        self._db.execute("PRAGMA journal_mode=WAL")
-        with self._transaction() as db:
-            for statement in self.DDL:
-                db.execute(statement)
+        from fileconveyor.pipeline.db import Database, Journal
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        self.path = path
+        self._database = Database(path, self.DDL, None, journal=Journal.WAL)
+
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._database.transaction()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._database.close()
 
 
 class MultipartCheckpoints(SQLiteState):
@@ -586,10 +598,23 @@ class S3Transporter(Transporter):
         try:
             return operation(**kwargs)
         except Exception as error:  # classified below; unknown types re-raise
-            classified = _classify(error, what, self.bucket)
+            classified = self._confirm_server_wide(_classify(error, what, self.bucket))
             if isinstance(classified, RetryableError):
                 self._drop_client()
             raise classified from error
+
+    def _confirm_server_wide(self, classified: TransporterError) -> TransporterError:
+        """A ConfigurationError from a request on one object stands (and pauses the server) only
+        if the bucket refuses these settings too; if a HEAD of the bucket succeeds, the refusal
+        was about this object and it fails alone, as a PermanentError."""
+        if not isinstance(classified, ConfigurationError):
+            return classified
+        try:
+            self._connect().head_bucket(Bucket=self.bucket)
+        except Exception:  # noqa: BLE001 - any failure: the bucket is unusable, as reported
+            return classified
+        return PermanentError(f"{classified} -- yet bucket {self.bucket!r} answers with these "
+                              "settings, so only this object is refused")
 
     def _drop_client(self) -> None:
         client, self._client, self._session = self._client, None, None
@@ -625,11 +650,9 @@ class S3Transporter(Transporter):
         return f"{self.url_scheme}://{self.bucket}.s3{region}.amazonaws.com"
 
     def url_for(self, remote_path: str) -> str:
-        # Stricter than base.join_url: S3 decodes `+` in a path as a space (a legacy of its
-        # form-encoding) and some S3 servers split at `;`, so every character but the unreserved
-        # ones and `/` is percent-encoded (join_url's safe set would leave `+` and `;` as is).
-        key = urllib.parse.quote(normalize_remote_path(remote_path), safe="/~")
-        return self.base_url().rstrip("/") + "/" + key
+        # base.encode_url_path, the one encoding: S3 decodes `+` in a path as a space (a legacy
+        # of its form-encoding) and some S3 servers split at `;`; both are encoded.
+        return join_url(self.base_url(), normalize_remote_path(remote_path))
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -667,10 +690,11 @@ class S3Transporter(Transporter):
             if status == 403:
                 # A HEAD answer has no body: bad credentials and a missing permission look the
                 # same (and without s3:ListBucket, S3 answers 403 for a missing key too).
-                raise ConfigurationError(
+                raise self._confirm_server_wide(ConfigurationError(
                     f"S3 refused to say whether {key!r} exists in bucket {self.bucket!r} (403); "
-                    "check the credentials, and grant s3:GetObject and s3:ListBucket") from error
-            raise _classify(error, f"checking {key!r}", self.bucket) from error
+                    "check the credentials, and grant s3:GetObject and s3:ListBucket")) from error
+            raise self._confirm_server_wide(
+                _classify(error, f"checking {key!r}", self.bucket)) from error
         except Exception as error:
             classified = _classify(error, f"checking {key!r}", self.bucket)
             if isinstance(classified, RetryableError):
@@ -689,10 +713,8 @@ class S3Transporter(Transporter):
         key = normalize_remote_path(remote_path)
         try:
             stat = os.stat(local_path)
-        except FileNotFoundError as error:
-            raise PermanentError(f"cannot upload {local_path!r}: the file is gone") from error
         except OSError as error:
-            raise RetryableError(f"cannot read {local_path!r}: {error}") from error
+            raise local_file_error(local_path, error) from error
         self._connect()
         self._cleanup_stale_uploads()
         if stat.st_size >= self.multipart_threshold:
@@ -721,11 +743,9 @@ class S3Transporter(Transporter):
         # hashing pass read (a file still growing is sent up to there).
         what = f"uploading {local_path!r} to {key!r}"
         try:
-            fd = os.open(local_path, os.O_RDONLY)
-        except FileNotFoundError as error:
-            raise PermanentError(f"cannot upload {local_path!r}: the file is gone") from error
+            fd = open_regular_fd(local_path, self.source_root_for(local_path))
         except OSError as error:
-            raise RetryableError(f"cannot read {local_path!r}: {error}") from error
+            raise local_file_error(local_path, error) from error
         try:
             head = os.read(fd, IN_MEMORY_MAX + 1)
             body: bytes | FileRange
@@ -850,9 +870,9 @@ class S3Transporter(Transporter):
         if not missing:
             return etags
         try:
-            fd = os.open(local_path, os.O_RDONLY)
-        except FileNotFoundError as error:
-            raise PermanentError(f"cannot upload {local_path!r}: the file is gone") from error
+            fd = open_regular_fd(local_path, self.source_root_for(local_path))
+        except OSError as error:
+            raise local_file_error(local_path, error) from error
         client = self._connect()
         stop = threading.Event()
 

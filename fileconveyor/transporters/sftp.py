@@ -9,8 +9,9 @@ Protocol quirks this module is shaped by:
   "operation unsupported", this connection falls back to remove + rename (a reader may then find
   no file for an instant, never a partial one).
 * **Temporary names.** Uploads go to `.<name>.fctmp-<random>` in the target's directory (same file
-  system, so the rename is atomic) and are renamed over the final name. A temporary file left by a
-  transfer that died with the connection is remembered and removed after the next reconnect.
+  system, so the rename is atomic) and are renamed over the final name (`temporary.py`, shared with
+  FTP and symlink_or_copy). A temporary file left by a transfer that died with the connection, or
+  with the daemon, is recorded on local disk and removed after the next (re)connect.
 * **Host keys.** Checked against known_hosts (paramiko reads OpenSSH's format, hashed names
   included). An unknown host is refused with the command that trusts it, unless the settings say
   `accept_new_host_key`; a key that *differs* from the recorded one is always refused. paramiko's
@@ -30,7 +31,6 @@ import hashlib
 import logging
 import os
 import posixpath
-import secrets
 import socket
 import stat
 import threading
@@ -49,6 +49,13 @@ from fileconveyor.transporters.base import (
     TransporterError,
     join_url,
     normalize_remote_path,
+    refuse_long_names,
+    open_local_file,
+)
+from fileconveyor.transporters.temporary import (
+    PendingTemporaryNames,
+    RenameIntoPlace,
+    upload_via_temporary_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,7 +66,6 @@ T = TypeVar("T")
 
 #: Seconds between SSH keepalive messages: keeps NAT/firewall state alive and notices a dead peer.
 KEEPALIVE_INTERVAL = 30
-TEMP_MARKER = ".fctmp-"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _known_hosts_lock = threading.Lock()
@@ -68,12 +74,6 @@ _known_hosts_lock = threading.Lock()
 #: OSError is an SFTP status reply, unless the transport died meanwhile (checked as well).
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     EOFError, ConnectionError, TimeoutError, paramiko.SSHException, paramiko.SFTPError)
-
-
-def temporary_name(target: str) -> str:
-    """`dir/.name.fctmp-<random>`: hidden, in the same directory, unique per attempt."""
-    directory, name = posixpath.split(target)
-    return posixpath.join(directory, f".{name}{TEMP_MARKER}{secrets.token_hex(6)}")
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -154,7 +154,7 @@ class SFTPTransporter(Transporter):
         self._sftp: paramiko.SFTPClient | None = None
         self._known_dirs: set[str] = set()
         #: Temporary files of transfers that died with their connection, removed on reconnect.
-        self._orphans: set[str] = set()
+        self._pending = PendingTemporaryNames(context.state_dir, context.server_name)
         self._posix_rename = True
 
     # -- settings ----------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ class SFTPTransporter(Transporter):
         self._client, self._sftp = client, sftp
         self._known_dirs.clear()
         self._posix_rename = True
-        self._remove_orphans(sftp)
+        self._pending.sweep(lambda path: _remove(sftp, path))
         return sftp
 
     def _connect_error(self, error: BaseException, hostname: str, port: int,
@@ -347,16 +347,8 @@ class SFTPTransporter(Transporter):
                 except Exception:  # closing a dead connection: nothing left to save
                     logger.debug("error while closing an SFTP connection", exc_info=True)
 
-    def _remove_orphans(self, sftp: paramiko.SFTPClient) -> None:
-        for path in sorted(self._orphans):
-            try:
-                sftp.remove(path)
-                logger.debug("removed temporary file %s left by a failed transfer", path)
-            except IOError as error:
-                if error.errno != errno.ENOENT:
-                    logger.warning("cannot remove temporary file %s: %s", path, error)
-                    continue
-            self._orphans.discard(path)
+    def remove_leftovers(self) -> None:
+        self._run("removal of temporary files", lambda sftp: None)  # a fresh connection sweeps
 
     # -- operations --------------------------------------------------------------------------------
 
@@ -406,38 +398,28 @@ class SFTPTransporter(Transporter):
         except IOError as error:
             if isinstance(error, _CONNECTION_ERRORS):
                 raise
-            try:
-                sftp.remove(target)
-            except IOError as error:
-                if error.errno != errno.ENOENT:
-                    raise
+            _remove(sftp, target)
             sftp.rename(temp, target)
 
     def upload(self, local_path: str, remote_path: str) -> str:
         relative = normalize_remote_path(remote_path)
+        refuse_long_names(relative)
         target = self._full(relative)
-        try:
-            local = open(local_path, "rb")
-        except OSError as error:
-            raise PermanentError(f"cannot read local file {local_path}: {error}") from None
+        local = open_local_file(local_path, self.source_root_for(local_path))
 
         def put(sftp: paramiko.SFTPClient) -> None:
             self._ensure_dir(sftp, posixpath.dirname(target))
-            temp = temporary_name(target)
-            self._orphans.add(temp)
-            local.seek(0)
-            try:
+
+            def store(temp: str) -> None:
+                local.seek(0)
                 sftp.putfo(local, temp, file_size=os.fstat(local.fileno()).st_size, confirm=True)
-                self._rename_into_place(sftp, temp, target)
-            except _CONNECTION_ERRORS:
-                raise  # the temp file stays in _orphans, removed after the reconnect
-            except BaseException:
-                try:
-                    sftp.remove(temp)
-                except (IOError,) + _CONNECTION_ERRORS:
-                    pass
-                raise
-            self._orphans.discard(temp)
+
+            upload_via_temporary_name(self._pending, target, RenameIntoPlace(
+                store=store,
+                rename=lambda temp, final: self._rename_into_place(sftp, temp, final),
+                remove=lambda path: _remove(sftp, path),
+                connection_lost=lambda error: (isinstance(error, _CONNECTION_ERRORS)
+                                               or not self._alive())))
 
         with local:
             self._run(f"upload of {relative}", put)
@@ -446,15 +428,7 @@ class SFTPTransporter(Transporter):
 
     def delete(self, remote_path: str) -> None:
         relative = normalize_remote_path(remote_path)
-
-        def remove(sftp: paramiko.SFTPClient) -> None:
-            try:
-                sftp.remove(self._full(relative))
-            except IOError as error:
-                if error.errno != errno.ENOENT:
-                    raise
-
-        self._run(f"delete of {relative}", remove)
+        self._run(f"delete of {relative}", lambda sftp: _remove(sftp, self._full(relative)))
 
     def exists(self, remote_path: str) -> bool:
         relative = normalize_remote_path(remote_path)
@@ -488,3 +462,12 @@ class SFTPTransporter(Transporter):
                     raise
 
         self._run("probe", look)
+
+
+def _remove(sftp: paramiko.SFTPClient, path: str) -> None:
+    """Remove `path`; one that is already gone is not an error."""
+    try:
+        sftp.remove(path)
+    except IOError as error:
+        if error.errno != errno.ENOENT:
+            raise

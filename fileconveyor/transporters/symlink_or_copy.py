@@ -2,9 +2,17 @@
 
 An unprocessed source file (one below a source's scanPath) is published as an absolute symlink to
 the source, so the web root costs no disk space; a processed file (from the working directory) is
-copied. Both are atomic: the link or copy is made under a temporary name in the target directory,
-then renamed over the final name, so a web server never serves a half-written file and an existing
-file is replaced without a window in which it is missing (the original deleted, then saved).
+copied. Both are atomic: the link or copy is made under a temporary name, then renamed over the
+final name, so a web server never serves a half-written file and an existing file is replaced
+without a window in which it is missing (the original deleted, then saved).
+
+Temporary names live in `<location>/.fileconveyor-tmp/`, a directory of mode 0700 owned by the
+daemon's user: a web server running as another user cannot read or list anything in it, and one
+that refuses dot files (a common rule) does not even try. Only where a target directory lies on
+another file system (a mount inside the web root, where a rename cannot cross) is the temporary
+name in the target's own directory (`.<name>.fctmp-<random>`, a copy 0600 until complete). Every
+temporary name is recorded in the state directory first and swept at start-up (`temporary.py`),
+so a `kill -9` in the middle of a copy leaves nothing behind for long.
 
 The root cannot be escaped: remote paths are normalised, and the real path of the target directory
 must stay below the real path of `location` (a symlinked directory inside the web root that points
@@ -15,25 +23,37 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import uuid
-from typing import Mapping
+import stat
+from typing import BinaryIO, Mapping
 
 from fileconveyor.filter import is_within
 from fileconveyor.transporters.base import (
     ConfigurationError,
     PermanentError,
     RetryableError,
+    ServerUnavailableError,
     Transporter,
     TransporterContext,
+    TransporterError,
+    is_temporary_name,
     join_url,
     normalize_remote_path,
+    refuse_long_names,
+    open_local_file,
+)
+from fileconveyor.transporters.temporary import (
+    PendingTemporaryNames,
+    RenameIntoPlace,
+    upload_via_temporary_name,
 )
 
 TRANSPORTER_CLASS = "SymlinkOrCopyTransporter"
 
+#: The private directory below `location` where temporary names are made.
+TEMP_DIRECTORY = ".fileconveyor-tmp"
 #: errnos after which a retry cannot help.
-_PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.EROFS, errno.EISDIR,
-                     errno.ENOTDIR, errno.EINVAL}
+_PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR,
+                     errno.EINVAL}
 
 
 class SymlinkOrCopyTransporter(Transporter):
@@ -45,6 +65,10 @@ class SymlinkOrCopyTransporter(Transporter):
         super().__init__(settings, context)
         self.location = os.path.abspath(os.path.expanduser(self.settings["location"].strip()))
         self.base_url = self.settings["url"].strip()
+        self._pending = PendingTemporaryNames(context.state_dir, context.server_name)
+        self._swept = False
+        #: (st_dev of the private temporary directory, its path), once it was made and checked.
+        self._temp_directory: tuple[int, str] | None = None
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, str]) -> list[str]:
@@ -61,19 +85,34 @@ class SymlinkOrCopyTransporter(Transporter):
 
     def upload(self, local_path: str, remote_path: str) -> str:
         relative = normalize_remote_path(remote_path)
+        refuse_long_names(relative)
         target = self._target(relative, create_parent=True)
-        directory, basename = os.path.split(target)
-        temporary = os.path.join(directory, f".{basename[:200]}.fctmp-{uuid.uuid4().hex[:12]}")
-        try:
-            if self._is_source_file(local_path):
-                os.stat(local_path)  # a vanished source must not become a dangling link
+        if not self._swept:
+            self.remove_leftovers()
+        source: BinaryIO | None = None
+        if self._is_source_file(local_path):
+            # A vanished source must not become a dangling link, nor a FIFO (a web server would
+            # hang on it) or a link out of the tree a published link.
+            open_local_file(local_path, self.source_root_for(local_path)).close()
+        else:
+            source = open_local_file(local_path, self.source_root_for(local_path))
+
+        def store(temporary: str) -> None:
+            if source is None:
                 os.symlink(os.path.abspath(local_path), temporary)
             else:
-                self._copy(local_path, temporary)
-            os.replace(temporary, target)
+                self._copy(source, temporary)
+
+        try:
+            upload_via_temporary_name(
+                self._pending, target,
+                RenameIntoPlace(store=store, rename=os.replace, remove=_remove_missing_ok),
+                directory=self._temporary_directory_for(os.path.dirname(target)))
         except OSError as error:
-            self._remove_quietly(temporary)
             raise self._classify(error, f"cannot publish {local_path!r} as {target!r}") from None
+        finally:
+            if source is not None:
+                source.close()
         return self.url_for(relative)
 
     def delete(self, remote_path: str) -> None:
@@ -106,6 +145,11 @@ class SymlinkOrCopyTransporter(Transporter):
             raise ConfigurationError(
                 f"server {self.context.server_name!r}: location {self.location!r} is not writable; "
                 "fix its permissions or <location>")
+        self._private_temporary_directory()
+
+    def remove_leftovers(self) -> None:
+        self._swept = True
+        self._pending.sweep(_remove_missing_ok, accept=self._is_own_temporary)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -128,13 +172,47 @@ class SymlinkOrCopyTransporter(Transporter):
                 "(a symlinked directory in the destination?); refusing it")
         return target
 
+    def _private_temporary_directory(self) -> tuple[int, str]:
+        """(st_dev, path) of `<location>/.fileconveyor-tmp`, made 0700 if missing. Anything else
+        at that name (a symlink, another user's directory, one others may enter) is refused: a
+        copy written through it could be read or replaced before it is published."""
+        if self._temp_directory is not None:
+            return self._temp_directory
+        path = os.path.join(self.location, TEMP_DIRECTORY)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            raise self._classify(error, f"cannot create {path!r}") from None
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() \
+                or info.st_mode & 0o077:
+            raise ConfigurationError(
+                f"server {self.context.server_name!r}: {path!r} must be a directory of this user "
+                "with mode 0700 (File Conveyor makes its temporary files there); remove it, or "
+                "fix its owner and mode")
+        self._temp_directory = (info.st_dev, path)
+        return self._temp_directory
+
+    def _temporary_directory_for(self, parent: str) -> str | None:
+        """The private temporary directory if a rename from it to `parent` stays on one file
+        system; None (the target's own directory) if `parent` is on another."""
+        device, path = self._private_temporary_directory()
+        return path if os.stat(parent).st_dev == device else None
+
+    def _is_own_temporary(self, path: str) -> bool:
+        return is_temporary_name(path) and is_within(self.location, path)
+
     @staticmethod
-    def _copy(source: str, destination: str) -> None:
-        with open(source, "rb") as reader, open(destination, "xb") as writer:
+    def _copy(reader: BinaryIO, destination: str) -> None:
+        # 0600 until complete, for the temporary names outside the private directory.
+        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as writer:
             shutil.copyfileobj(reader, writer, 1024 * 1024)
             writer.flush()
             os.fsync(writer.fileno())
-        os.chmod(destination, 0o644)
+            os.fchmod(writer.fileno(), 0o644)
 
     def _remove_empty_parents(self, directory: str) -> None:
         root = os.path.abspath(self.location)
@@ -145,17 +223,22 @@ class SymlinkOrCopyTransporter(Transporter):
                 return
             directory = os.path.dirname(directory)
 
-    @staticmethod
-    def _remove_quietly(path: str) -> None:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-    def _classify(self, error: OSError, what: str) -> Exception:
+    def _classify(self, error: OSError, what: str) -> TransporterError:
         message = f"server {self.context.server_name!r}: {what}: {error.strerror or error}"
         if error.errno == errno.ENOENT:
-            return RetryableError(message + " (the file vanished; a newer event will follow)")
+            # The local file is open or was just checked: it is the destination that changed
+            # (a directory removed by a concurrent delete of its last file).
+            return RetryableError(message + " (the destination changed meanwhile)")
+        if error.errno == errno.EROFS:
+            # The whole destination is unusable until it is remounted: pause and probe.
+            return ServerUnavailableError(message)
         if error.errno in _PERMANENT_ERRNOS:
             return PermanentError(message)
         return RetryableError(message)
+
+
+def _remove_missing_ok(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -18,6 +18,7 @@ import getpass
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import uuid
 from typing import Iterator
@@ -29,6 +30,7 @@ from tests.servers._loopback import (
     banner_ready,
     free_port,
     kill_tree,
+    process_tree,
     require_loopback,
     start_daemon,
     stop_tree,
@@ -128,6 +130,19 @@ class SSHServer:
         """SIGKILL sshd and every connection it serves (a crash, as the kill test wants)."""
         if self.process is not None:
             kill_tree(self.process)
+
+    def drop_sessions(self) -> int:
+        """SIGKILL every connection sshd serves (its per-connection processes) but not the
+        listener: a session dropped as by a network cut or an admin's kill, with the server still
+        accepting new connections. Returns how many processes were killed."""
+        assert self.process is not None, "sshd is not running"
+        sessions = process_tree(self.process.pid)[1:]
+        for pid in sessions:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(sessions)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -57,21 +57,32 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import json
+import os
 import pathlib
+import re
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from typing import Callable, ClassVar, Iterator, Mapping
+import urllib.parse
+from typing import Callable, ClassVar, Iterator, Mapping, Protocol
 
 import pytest
 
 from fileconveyor.transporters.base import (
+    TEMP_MARKER,
     ConfigurationError,
     PermanentError,
     RetryableError,
     ServerUnavailableError,
+    SourceVanishedError,
     Transporter,
     TransporterContext,
 )
+from tests.servers._loopback import fetch, files_below, free_port
 
 MiB = 1024 * 1024
 
@@ -93,6 +104,17 @@ HOSTILE_NAMES: tuple[str, ...] = (
     "semicolon;colon:.txt",
     "tilde~bang!.txt",
 )
+
+#: The longest names a POSIX file system takes (NAME_MAX = 255 bytes) in 2-, 3- and 4-byte
+#: characters: a temporary name cut by characters instead of bytes could not be created for them.
+LONGEST_NAMES: tuple[str, ...] = (
+    "\u00e9" * 125 + "a.txt",
+    "\u4e2d" * 83 + "ab.txt",
+    "\U0001f600" * 62 + "abc.txt",
+)
+assert all(len(name.encode("utf-8")) == 255 for name in LONGEST_NAMES)
+#: What a URL path may contain after the one encoding (base.encode_url_path).
+URL_PATH = re.compile(r"[A-Za-z0-9\-._~/]*(%[0-9A-F]{2}[A-Za-z0-9\-._~/]*)*")
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str,
@@ -152,6 +174,10 @@ class RemoteHarness(abc.ABC):
     multipart_settings: ClassVar[Mapping[str, str] | None] = None
     #: Size of the "large file" tests.
     large_file_size: ClassVar[int] = 50 * MiB
+    #: Does the transporter upload under temporary names (which `leftovers()` lists)?
+    temporary_names: ClassVar[bool] = False
+    #: Longest name in bytes the destination takes, if it is a file system (None: no limit).
+    name_max: ClassVar[int | None] = None
 
     def __init__(self, state_dir: pathlib.Path) -> None:
         self.state_dir = state_dir
@@ -220,6 +246,75 @@ class RemoteHarness(abc.ABC):
     def close_all(self) -> None:
         for transporter in self.made:
             transporter.close()
+
+
+class LocalRootHarness(RemoteHarness):
+    """A destination whose root is a directory on this machine (the SFTP and FTP test servers'
+    roots, symlink_or_copy's location), looked at on disk: never through the protocol."""
+
+    root: pathlib.Path
+    temporary_names = True
+    name_max = 255
+
+    def read(self, remote_path: str) -> bytes | None:
+        path = self.root / remote_path
+        return path.read_bytes() if path.is_file() else None
+
+    def list(self) -> list[str]:
+        return files_below(self.root)
+
+    def leftovers(self) -> list[str]:
+        return [name for name in self.list() if TEMP_MARKER in name]
+
+    def transfer_in_progress(self, remote_path: str, baseline_read_bytes: int) -> bool:
+        # A temporary file growing on the server's disk is the transfer, seen from the server.
+        for name in self.leftovers():
+            try:
+                if (self.root / name).stat().st_size > MiB:
+                    return True
+            except FileNotFoundError:
+                continue  # renamed into place or removed meanwhile
+        return False
+
+
+class ServerRootHarness(LocalRootHarness):
+    """A LocalRootHarness for a test server of tests/servers/ (sshd, ftpd) that serves a fresh
+    directory per test (`new_root()`), can be killed and started again, and has a web server in
+    front of its data directory (optional) so that URLs are fetched for real."""
+
+    def __init__(self, state_dir: pathlib.Path, server: "ServesDirectories",
+                 base_url: str | None = None) -> None:
+        super().__init__(state_dir)
+        self.server = server
+        self.root = server.new_root()
+        self.url = (f"{base_url}/{self.root.name}" if base_url
+                    else "http://cdn.example.test/static")
+
+    def settings(self) -> dict[str, str]:
+        return self.server.settings(self.root, url=self.url)
+
+    def unreachable_settings(self) -> dict[str, str]:
+        return {"port": str(free_port())}
+
+    def fetch_url(self, url: str) -> bytes | None:
+        if not url.startswith("http://127.0.0.1"):
+            raise NotImplementedError
+        return fetch(url)
+
+    def kill_server(self) -> None:
+        self.server.kill()
+
+    def start_server(self) -> None:
+        self.server.start()
+
+
+class ServesDirectories(Protocol):
+    """What ServerRootHarness needs of a test server (tests.servers.sshd.SSHServer, ftpd's)."""
+
+    def new_root(self) -> pathlib.Path: ...
+    def settings(self, root: pathlib.Path, url: str = ...) -> dict[str, str]: ...
+    def kill(self) -> None: ...
+    def start(self) -> None: ...
 
 
 class TransporterConformance:
@@ -348,6 +443,37 @@ class TransporterConformance:
         assert harness.read("h/" + name) == content
         assert transporter.exists("h/" + name)
 
+    @pytest.mark.parametrize("name", LONGEST_NAMES, ids=["2-byte", "3-byte", "4-byte"])
+    def test_longest_multibyte_name_is_published(self, name: str, harness: RemoteHarness,
+                                                 transporter: Transporter,
+                                                 tmp_path: pathlib.Path) -> None:
+        (tmp_path / "src").write_bytes(b"long name")
+        url = transporter.upload(str(tmp_path / "src"), "long/" + name)
+        assert harness.list() == ["long/" + name]
+        assert harness.read("long/" + name) == b"long name"
+        assert urllib.parse.unquote(url).endswith("/long/" + name)
+
+    def test_name_longer_than_name_max_is_permanent(self, harness: RemoteHarness,
+                                                    transporter: Transporter,
+                                                    tmp_path: pathlib.Path) -> None:
+        if harness.name_max is None:
+            pytest.skip("the destination is not a file system with a limit on name length")
+        (tmp_path / "src").write_bytes(b"too long")
+        with pytest.raises(PermanentError, match="bytes"):
+            transporter.upload(str(tmp_path / "src"), "long/" + "\u00e9" * 128 + ".txt")
+        assert harness.list() == []
+
+    def test_url_encodes_all_but_unreserved_characters(self, transporter: Transporter) -> None:
+        """One encoding everywhere: only RFC 3986's unreserved characters and `/` stay as they
+        are, so `'` (ends a CSS url('') or an HTML attribute), `;` (path parameters), `+`, `#`,
+        `?`, `%`, spaces and non-ASCII are all percent-encoded."""
+        for name in HOSTILE_NAMES + LONGEST_NAMES:
+            url = transporter.url_for("u/" + name)
+            parts = urllib.parse.urlsplit(url)
+            assert not parts.query and not parts.fragment, url
+            assert URL_PATH.fullmatch(parts.path), f"{url!r} leaves characters unencoded"
+            assert urllib.parse.unquote(parts.path).endswith("/u/" + name), url
+
     def test_url_resolves(self, harness: RemoteHarness, transporter: Transporter,
                           tmp_path: pathlib.Path) -> None:
         for index, name in enumerate(HOSTILE_NAMES):
@@ -449,12 +575,17 @@ class TransporterConformance:
     def test_missing_local_file_is_not_a_server_problem(self, harness: RemoteHarness,
                                                         transporter: Transporter,
                                                         tmp_path: pathlib.Path) -> None:
-        # The contract leaves open whether a vanished source is permanent (S3: goes to the failed
-        # list) or retryable (symlink_or_copy: "a newer event will follow"); it must never pause
-        # the server's pool or blame the config, and nothing may appear at the destination.
-        with pytest.raises((PermanentError, RetryableError)) as caught:
-            transporter.upload(str(tmp_path / "does-not-exist"), "x.txt")
-        assert not isinstance(caught.value, (ServerUnavailableError, ConfigurationError))
+        # One classification in every transporter (issue 7's decision): a vanished source is
+        # neither the server's problem nor a failure of the file; its DELETED event follows.
+        missing = str(tmp_path / "does-not-exist")
+        with pytest.raises(SourceVanishedError) as caught:
+            transporter.upload(missing, "x.txt")
+        assert caught.value.kind == "vanished" and caught.value.local_path == missing
+        assert not isinstance(caught.value, (RetryableError, PermanentError, ConfigurationError))
+        # A directory on the way that has become a file is the same: the path is gone.
+        (tmp_path / "was-a-dir").write_bytes(b"")
+        with pytest.raises(SourceVanishedError):
+            transporter.upload(str(tmp_path / "was-a-dir" / "f.txt"), "y.txt")
         assert harness.list() == []
 
     def test_probe_succeeds(self, transporter: Transporter) -> None:
@@ -466,6 +597,50 @@ class TransporterConformance:
         assert transporter.url_for("a b.txt")
         assert not transporter.check_settings({**harness.settings()})
 
+    # -- interrupted uploads leave nothing behind -----------------------------------------------------
+
+    def test_kill_9_mid_upload_leaves_nothing_after_the_next_start(
+            self, harness: RemoteHarness) -> None:
+        """Real condition: a process uploading in a loop is SIGKILLed while a temporary name
+        exists on the destination; a new transporter of the same server (as after a restart)
+        removes it on its first upload. An in-memory list of temporary names cannot do this."""
+        if not harness.temporary_names:
+            pytest.skip("this transporter writes no temporary names")
+        with tempfile.TemporaryDirectory(prefix="fc-kill9-") as outside:
+            # Outside every source root: symlink_or_copy copies it (a link has no "mid-way").
+            local = pathlib.Path(outside) / "big.bin"
+            write_random(local, 32 * MiB, seed=5)
+            child = _start_upload_loop(harness, str(local))
+            try:
+                _kill_while_a_temporary_name_exists(harness, child)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                child.wait(30)
+            assert harness.leftovers(), "the kill left no temporary name: the test proves nothing"
+            transporter = harness.make()
+            (pathlib.Path(outside) / "small").write_bytes(b"after the restart")
+            transporter.upload(str(pathlib.Path(outside) / "small"), "after.txt")
+        assert harness.leftovers() == [], f"left behind: {harness.leftovers()}"
+        assert harness.read("after.txt") == b"after the restart"
+
+    def test_server_killed_mid_transfer_then_a_new_transporter_removes_the_leftover(
+            self, restartable_harness: RemoteHarness, tmp_path: pathlib.Path) -> None:
+        """The pool discards a transporter whose connection died; the next one of the same
+        server must still remove what the dead transfer left."""
+        harness = restartable_harness
+        transporter = harness.make(**(harness.multipart_settings or {}))
+        write_random(tmp_path / "big", harness.large_file_size, seed=6)
+        errors = _kill_server_mid_upload(harness, transporter, str(tmp_path / "big"),
+                                         "killed/big.bin")
+        assert len(errors) == 1 and isinstance(errors[0], RetryableError), errors
+        transporter.close()
+        harness.start_server()
+        (tmp_path / "small").write_bytes(b"small")
+        harness.make().upload(str(tmp_path / "small"), "small.txt")
+        assert harness.leftovers() == [], f"left behind: {harness.leftovers()}"
+        assert harness.list() == ["small.txt"]
+
     # -- server killed mid-transfer -------------------------------------------------------------------
 
     def test_server_killed_mid_transfer_then_file_arrives_once(
@@ -473,27 +648,8 @@ class TransporterConformance:
         harness = restartable_harness
         transporter = harness.make(**(harness.multipart_settings or {}))
         data = write_random(tmp_path / "big", harness.large_file_size, seed=4)
-        errors: list[BaseException] = []
-
-        def upload() -> None:
-            try:
-                transporter.upload(str(tmp_path / "big"), "killed/big.bin")
-            except BaseException as error:  # inspected below
-                errors.append(error)
-
-        baseline = _process_read_bytes()
-        thread = threading.Thread(target=upload, name="conformance-killed-upload")
-        thread.start()
-        try:
-            wait_for(lambda: harness.transfer_in_progress("killed/big.bin", baseline)
-                     or not thread.is_alive(), 60, "the upload to start")
-            assert thread.is_alive(), (
-                f"the upload ended before the server could be killed: {errors or 'success'}; "
-                "make the harness's transfer_in_progress() fire earlier")
-            harness.kill_server()
-        finally:
-            thread.join(120)
-        assert not thread.is_alive(), "the upload hung after the server died (missing timeout?)"
+        errors = _kill_server_mid_upload(harness, transporter, str(tmp_path / "big"),
+                                         "killed/big.bin")
         assert len(errors) == 1 and isinstance(errors[0], RetryableError), (
             f"killing the server must give a RetryableError, got {errors!r}")
         harness.start_server()
@@ -505,6 +661,81 @@ class TransporterConformance:
         assert harness.leftovers() == []
 
 
+def _kill_server_mid_upload(harness: RemoteHarness, transporter: Transporter, local: str,
+                            remote: str) -> list[BaseException]:
+    """Upload `local` in a thread and kill the server once the transfer is visibly under way;
+    the errors the upload raised."""
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            transporter.upload(local, remote)
+        except BaseException as error:  # inspected by the caller
+            errors.append(error)
+
+    baseline = _process_read_bytes()
+    thread = threading.Thread(target=upload, name="conformance-killed-upload")
+    thread.start()
+    try:
+        wait_for(lambda: harness.transfer_in_progress(remote, baseline)
+                 or not thread.is_alive(), 60, "the upload to start")
+        assert thread.is_alive(), (
+            f"the upload ended before the server could be killed: {errors or 'success'}; "
+            "make the harness's transfer_in_progress() fire earlier")
+        harness.kill_server()
+    finally:
+        thread.join(120)
+    assert not thread.is_alive(), "the upload hung after the server died (missing timeout?)"
+    return errors
+
+
+#: A child process that uploads one file again and again (to `loop/<n>.bin`) until killed.
+_UPLOAD_LOOP = """
+import json, sys
+from fileconveyor.transporters.base import TransporterContext, resolve_transporter
+spec = json.loads(sys.stdin.read())
+context = TransporterContext(spec["server_name"], spec["state_dir"], tuple(spec["source_roots"]),
+                             spec["timeout"])
+transporter = resolve_transporter(spec["transporter"])(spec["settings"], context)
+for number in range(1000):
+    transporter.upload(spec["local"], f"loop/{number}.bin")
+"""
+
+
+def _start_upload_loop(harness: RemoteHarness, local: str) -> subprocess.Popen[bytes]:
+    context = harness.context()
+    spec = {"transporter": harness.transporter_class.__module__ + "."
+            + harness.transporter_class.__name__, "settings": harness.settings(),
+            "server_name": context.server_name, "state_dir": context.state_dir,
+            "source_roots": list(context.source_roots), "timeout": context.timeout,
+            "local": local}
+    repo = str(pathlib.Path(__file__).resolve().parents[2])
+    child = subprocess.Popen([sys.executable, "-c", _UPLOAD_LOOP], stdin=subprocess.PIPE,
+                             cwd=repo, env={**os.environ, "PYTHONPATH": repo})
+    assert child.stdin is not None
+    child.stdin.write(json.dumps(spec).encode())
+    child.stdin.close()
+    return child
+
+
+def _kill_while_a_temporary_name_exists(harness: RemoteHarness,
+                                        child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL `child` at an instant when one of its temporary names exists: stop it, look,
+    and let it go on if it is between two uploads (bounded)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert child.poll() is None, f"the uploading process exited with {child.returncode}"
+        if harness.leftovers():
+            os.kill(child.pid, signal.SIGSTOP)
+            if harness.leftovers():
+                os.kill(child.pid, signal.SIGKILL)
+                return
+            os.kill(child.pid, signal.SIGCONT)
+        time.sleep(0.005)  # polling interval of the bounded wait above
+    pytest.fail("never saw a temporary name of the uploading process within 60 s")
+
+
 __all__ = [
-    "HOSTILE_NAMES", "MiB", "RemoteHarness", "TransporterConformance", "wait_for", "write_random",
+    "HOSTILE_NAMES", "LocalRootHarness", "MiB", "RemoteHarness", "ServerRootHarness",
+    "TransporterConformance", "wait_for", "write_random",
 ]

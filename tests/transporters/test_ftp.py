@@ -17,57 +17,17 @@ from fileconveyor.transporters.base import (
     TransporterContext,
     resolve_transporter,
 )
-from fileconveyor.transporters.ftp import TEMP_MARKER, FTPTransporter
-from tests.servers._loopback import DirectoryHTTPServer, fetch, files_below, free_port
+from fileconveyor.transporters.ftp import FTPTransporter
+from tests.servers._loopback import DirectoryHTTPServer, files_below
 from tests.servers.ftpd import READER, FTPServer
-from tests.transporters.conformance import MiB, RemoteHarness, TransporterConformance
+from tests.transporters.conformance import ServerRootHarness, TransporterConformance
 
 
-class FTPHarness(RemoteHarness):
-    """Looks at the server's root directory on disk, never through FTP."""
-
+class FTPHarness(ServerRootHarness):
     transporter_class = FTPTransporter
-
-    def __init__(self, state_dir: pathlib.Path, server: FTPServer,
-                 http: DirectoryHTTPServer | None = None) -> None:
-        super().__init__(state_dir)
-        self.server = server
-        self.root = server.new_root()
-        self.url = (f"{http.base_url}/{self.root.name}" if http
-                    else "http://cdn.example.test/static")
-
-    def settings(self) -> dict[str, str]:
-        return self.server.settings(self.root, url=self.url)
-
-    def read(self, remote_path: str) -> bytes | None:
-        path = self.root / remote_path
-        return path.read_bytes() if path.is_file() else None
-
-    def list(self) -> list[str]:
-        return files_below(self.root)
-
-    def unreachable_settings(self) -> dict[str, str]:
-        return {"port": str(free_port())}
 
     def bad_credentials_settings(self) -> dict[str, str]:
         return {"password": "wrong"}
-
-    def fetch_url(self, url: str) -> bytes | None:
-        if not url.startswith("http://127.0.0.1"):
-            raise NotImplementedError
-        return fetch(url)
-
-    def transfer_in_progress(self, remote_path: str, baseline_read_bytes: int) -> bool:
-        return any((self.root / name).stat().st_size > MiB for name in self.leftovers())
-
-    def leftovers(self) -> list[str]:
-        return [name for name in self.list() if TEMP_MARKER in name]
-
-    def kill_server(self) -> None:
-        self.server.kill()
-
-    def start_server(self) -> None:
-        self.server.start()
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +50,7 @@ class TestFTPConformance(TransporterConformance):
     @pytest.fixture
     def harness(self, ftpd: FTPServer, ftp_http: DirectoryHTTPServer,
                 tmp_path: pathlib.Path) -> FTPHarness:
-        return FTPHarness(tmp_path / "state", ftpd, ftp_http)
+        return FTPHarness(tmp_path / "state", ftpd, ftp_http.base_url)
 
     @pytest.fixture
     def restartable_harness(self, ftpd_restartable: FTPServer,
@@ -104,7 +64,7 @@ class TestFTPSConformance(TransporterConformance):
     @pytest.fixture
     def harness(self, ftpsd: FTPServer, ftps_http: DirectoryHTTPServer,
                 tmp_path: pathlib.Path) -> FTPHarness:
-        return FTPHarness(tmp_path / "state", ftpsd, ftps_http)
+        return FTPHarness(tmp_path / "state", ftpsd, ftps_http.base_url)
 
     @pytest.fixture
     def restartable_harness(self, ftpsd_restartable: FTPServer,

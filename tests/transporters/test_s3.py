@@ -24,6 +24,7 @@ from fileconveyor.transporters.base import (
     PermanentError,
     RetryableError,
     ServerUnavailableError,
+    SourceVanishedError,
     TransporterContext,
     resolve_transporter,
 )
@@ -358,6 +359,66 @@ def test_wrong_secret_is_configuration_error(moto_auth_server: AuthMoto,
         bad.close()
 
 
+def test_storage_class_the_endpoint_lacks_fails_the_file_not_the_server(
+        s3_harness: S3Harness, tmp_path: pathlib.Path) -> None:
+    """Real condition: SNOW is a storage class check-config accepts (S3 has it) but moto does not
+    offer, so it answers InvalidStorageClass to the PUT. That request is refused, the bucket
+    works: a ConfigurationError here paused the server, the probe succeeded, and the same file
+    paused it again, for ever (issue 7, item 6)."""
+    transporter = s3_harness.make(storage_class="SNOW")
+    (tmp_path / "f").write_bytes(b"f")
+    with pytest.raises(PermanentError, match="<storage_class>"):
+        transporter.upload(str(tmp_path / "f"), "f.txt")
+    transporter.probe()
+    assert s3_harness.list() == []
+
+
+@pytest.fixture
+def restricted_user(moto_auth_server: AuthMoto) -> Iterator[tuple[str, str, str]]:
+    """(bucket, key id, secret) of an IAM user who may do anything but touch `private/*`."""
+    auth = moto_auth_server
+    admin = auth.server.client(key_id=auth.key_id, secret=auth.secret)
+    bucket = new_bucket_name()
+    admin.create_bucket(Bucket=bucket)
+    iam = auth.server.client("iam", key_id=auth.key_id, secret=auth.secret)
+    user = f"restricted-{bucket[-8:]}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="no-private", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "*", "Resource": "*"},
+            {"Effect": "Deny", "Action": "s3:*",
+             "Resource": f"arn:aws:s3:::{bucket}/private/*"}]}))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    yield bucket, key["AccessKeyId"], key["SecretAccessKey"]
+    for item in admin.list_objects_v2(Bucket=bucket).get("Contents", []):
+        admin.delete_object(Bucket=bucket, Key=item["Key"])
+    admin.delete_bucket(Bucket=bucket)
+
+
+def test_access_denied_on_one_key_fails_that_file_only(
+        moto_auth_server: AuthMoto, restricted_user: tuple[str, str, str],
+        tmp_path: pathlib.Path) -> None:
+    """Real condition: an IAM policy denies one prefix. A 403 there is that file's error
+    (PermanentError), for the upload and for the existence check (a HEAD has no error code, so
+    it used to be taken for bad credentials: a ConfigurationError, pausing the server)."""
+    bucket, key_id, secret = restricted_user
+    transporter = s3.S3Transporter(
+        {"bucket_name": bucket, "endpoint_url": moto_auth_server.server.endpoint,
+         "access_key_id": key_id, "secret_access_key": secret},
+        TransporterContext("s3", str(tmp_path)))
+    (tmp_path / "f").write_bytes(b"f")
+    try:
+        transporter.upload(str(tmp_path / "f"), "public/f.txt")
+        with pytest.raises(PermanentError, match="403"):
+            transporter.upload(str(tmp_path / "f"), "private/f.txt")
+        with pytest.raises(PermanentError, match="only this object"):
+            transporter.exists("private/f.txt")
+        assert transporter.exists("public/f.txt")
+        transporter.probe()
+    finally:
+        transporter.close()
+
+
 def test_url_forms() -> None:
     context = TransporterContext("s3", "/nonexistent")
 
@@ -439,7 +500,12 @@ def _client_error(code: str, status: int) -> botocore.exceptions.ClientError:
     (botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"), RetryableError),
     (botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"), RetryableError),
     (botocore.exceptions.NoCredentialsError(), ConfigurationError),
-    (FileNotFoundError("x"), PermanentError),
+    (FileNotFoundError("x"), SourceVanishedError),
+    # Refusals of one request because of a setting: the file's error, never a server pause.
+    (_client_error("AccessControlListNotSupported", 400), PermanentError),
+    (_client_error("InvalidStorageClass", 400), PermanentError),
+    (_client_error("NotImplemented", 501), PermanentError),
+    (_client_error("RequestTimeTooSkewed", 403), ConfigurationError),
 ])
 def test_error_classification(error: Exception, expected: type) -> None:
     classified = s3._classify(error, "uploading x", "bucket")

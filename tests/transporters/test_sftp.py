@@ -7,6 +7,7 @@ read-only server (permission denied), and reconnecting after the server restarts
 from __future__ import annotations
 
 import pathlib
+import threading
 from typing import Iterator
 
 import pytest
@@ -14,73 +15,30 @@ import pytest
 pytest.importorskip("paramiko")
 
 from fileconveyor.transporters.base import (  # noqa: E402
+    TEMP_MARKER,
     ConfigurationError,
     PermanentError,
+    RetryableError,
     TransporterContext,
     resolve_transporter,
 )
-from fileconveyor.transporters.sftp import TEMP_MARKER, SFTPTransporter  # noqa: E402
-from tests.servers._loopback import (  # noqa: E402
-    DirectoryHTTPServer,
-    fetch,
-    files_below,
-    free_port,
-)
+from fileconveyor.transporters.sftp import SFTPTransporter  # noqa: E402
+from tests.servers._loopback import DirectoryHTTPServer, files_below  # noqa: E402
 from tests.servers.sshd import SSHServer  # noqa: E402
 from tests.transporters.conformance import (  # noqa: E402
     MiB,
-    RemoteHarness,
+    ServerRootHarness,
     TransporterConformance,
+    wait_for,
+    write_random,
 )
 
 
-class SFTPHarness(RemoteHarness):
-    """Looks at the server's root directory on disk, never through SFTP."""
-
+class SFTPHarness(ServerRootHarness):
     transporter_class = SFTPTransporter
-
-    def __init__(self, state_dir: pathlib.Path, server: SSHServer,
-                 http: DirectoryHTTPServer | None = None) -> None:
-        super().__init__(state_dir)
-        self.server = server
-        self.root = server.new_root()
-        self.url = (f"{http.base_url}/{self.root.name}" if http
-                    else "http://cdn.example.test/static")
-
-    def settings(self) -> dict[str, str]:
-        return self.server.settings(self.root, url=self.url)
-
-    def read(self, remote_path: str) -> bytes | None:
-        path = self.root / remote_path
-        return path.read_bytes() if path.is_file() else None
-
-    def list(self) -> list[str]:
-        return files_below(self.root)
-
-    def unreachable_settings(self) -> dict[str, str]:
-        return {"port": str(free_port())}
 
     def bad_credentials_settings(self) -> dict[str, str]:
         return {"key": str(self.server.other_key)}
-
-    def fetch_url(self, url: str) -> bytes | None:
-        if not url.startswith("http://127.0.0.1"):
-            raise NotImplementedError
-        return fetch(url)
-
-    def transfer_in_progress(self, remote_path: str, baseline_read_bytes: int) -> bool:
-        # The temporary file growing on the server's disk is the transfer, seen from the server.
-        return any(TEMP_MARKER in name and (self.root / name).stat().st_size > MiB
-                   for name in self.leftovers())
-
-    def leftovers(self) -> list[str]:
-        return [name for name in self.list() if TEMP_MARKER in name]
-
-    def kill_server(self) -> None:
-        self.server.kill()
-
-    def start_server(self) -> None:
-        self.server.start()
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +55,7 @@ class TestSFTPConformance(TransporterConformance):
     @pytest.fixture
     def harness(self, sshd: SSHServer, sshd_http: DirectoryHTTPServer,
                 tmp_path: pathlib.Path) -> SFTPHarness:
-        return SFTPHarness(tmp_path / "state", sshd, sshd_http)
+        return SFTPHarness(tmp_path / "state", sshd, sshd_http.base_url)
 
     @pytest.fixture
     def restartable_harness(self, sshd_restartable: SSHServer,
@@ -243,6 +201,46 @@ def test_reconnects_after_server_restart(sshd_restartable: SSHServer,
     finally:
         transporter.close()
     assert files_below(root) == ["one.txt", "two.txt"]
+
+
+def test_dropped_session_leftover_is_removed_by_the_next_transporter(
+        sshd_restartable: SSHServer, tmp_path: pathlib.Path) -> None:
+    """Real condition: the SSH session serving an upload is killed on the server (the listener
+    stays up). The transporter fails with a retryable error and the pool discards it with its
+    memory; the next transporter of the same server removes the temporary file on connecting."""
+    root = sshd_restartable.new_root()
+    data = write_random(tmp_path / "big.bin", 64 * MiB, seed=7)
+    first = SFTPTransporter(sshd_restartable.settings(root), _context(tmp_path))
+    errors: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            first.upload(str(tmp_path / "big.bin"), "big.bin")
+        except BaseException as error:  # inspected below
+            errors.append(error)
+
+    def temporary_growing() -> bool:
+        return any((root / name).stat().st_size > MiB for name in files_below(root)
+                   if TEMP_MARKER in name)
+
+    thread = threading.Thread(target=upload, name="sftp-dropped-upload")
+    thread.start()
+    try:
+        wait_for(lambda: temporary_growing() or not thread.is_alive(), 60, "the upload to start")
+        assert thread.is_alive(), f"the upload ended before the session was dropped: {errors}"
+        assert sshd_restartable.drop_sessions() > 0
+    finally:
+        thread.join(60)
+    first.close()
+    assert len(errors) == 1 and isinstance(errors[0], RetryableError), errors
+    assert [n for n in files_below(root) if TEMP_MARKER in n], "no leftover: proves nothing"
+    second = SFTPTransporter(sshd_restartable.settings(root), _context(tmp_path))
+    try:
+        second.upload(str(tmp_path / "big.bin"), "big.bin")
+    finally:
+        second.close()
+    assert files_below(root) == ["big.bin"]
+    assert (root / "big.bin").read_bytes() == data
 
 
 def test_check_settings_values(sshd: SSHServer, tmp_path: pathlib.Path) -> None:

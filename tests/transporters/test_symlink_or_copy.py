@@ -10,12 +10,12 @@ import pytest
 
 from fileconveyor.transporters.base import TransporterContext
 from fileconveyor.transporters.symlink_or_copy import SymlinkOrCopyTransporter
-from tests.transporters.conformance import RemoteHarness, TransporterConformance
+from tests.transporters.conformance import LocalRootHarness, TransporterConformance
 
 BASE_URL = "http://static.example.com/files/"
 
 
-class SymlinkOrCopyHarness(RemoteHarness):
+class SymlinkOrCopyHarness(LocalRootHarness):
     """Looks at the destination directory directly (following links, as a web server does)."""
 
     transporter_class = SymlinkOrCopyTransporter
@@ -32,19 +32,6 @@ class SymlinkOrCopyHarness(RemoteHarness):
 
     def settings(self) -> dict[str, str]:
         return {"location": str(self.root), "url": BASE_URL}
-
-    def read(self, remote_path: str) -> bytes | None:
-        try:
-            return (self.root / remote_path).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-
-    def list(self) -> list[str]:
-        found = []
-        for directory, _dirs, files in os.walk(self.root):
-            for name in files:
-                found.append(os.path.relpath(os.path.join(directory, name), self.root))
-        return sorted(found)
 
     def fetch_url(self, url: str) -> bytes | None:
         # What a web server with `root` as its document root at BASE_URL would serve.
