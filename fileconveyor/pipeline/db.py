@@ -219,10 +219,11 @@ def connect(path: str, *, readonly: bool = False, timeout: float | None = None) 
 class Database:
     """A SQLite file with a known schema version, shared safely between threads."""
 
-    def __init__(self, path: str, schema: Sequence[str], version: int, *,
+    def __init__(self, path: str, schema: Sequence[str], version: int | None, *,
                  journal: Journal | None = Journal.ROLLBACK, readonly: bool = False, legacy_hint: str = "") -> None:
         """`journal`: None keeps the file's current mode (a new file: ROLLBACK), for openers that do
-        not know the setting that chose it. `legacy_hint`: what to say about a file in the original
+        not know the setting that chose it. `version` None: a private file without a schema
+        version (a transporter's state). `legacy_hint`: what to say about a file in the original
         File Conveyor's format."""
         self.path = path
         self.readonly = readonly
@@ -243,7 +244,7 @@ class Database:
             self._conn.close()
             raise
 
-    def _open(self, schema: Sequence[str], version: int) -> None:
+    def _open(self, schema: Sequence[str], version: int | None) -> None:
         path = self.path
         try:
             if not self.readonly:
@@ -259,11 +260,11 @@ class Database:
             tables = self.tables()
         except sqlite3.Error as error:
             raise classify(path, error, "cannot open") from error
-        if current not in (0, version):
+        if version is not None and current not in (0, version):
             hint = ("it was written by the original File Conveyor; run `fileconveyor upgrade`"
                     if current in (0, 1) else "run `fileconveyor upgrade`, or use a newer fileconveyor")
             raise DatabaseError(f"{path} has schema version {current}, expected {version}: {hint}", path)
-        if current == 0 and tables:
+        if version is not None and current == 0 and tables:
             raise DatabaseError(f"{path} {self._legacy_hint}", path)
         if self.readonly:
             return
@@ -271,7 +272,8 @@ class Database:
         def create(conn: sqlite3.Connection) -> None:
             for statement in schema:  # all IF NOT EXISTS: a lost table or index comes back
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {int(version)}")
+            if version is not None:
+                conn.execute(f"PRAGMA user_version = {int(version)}")
         # Bounded: a daemon that cannot write its state at start says so instead of hanging.
         self.write(create, give_up_after=OPEN_PATIENCE_SECONDS)
 
