@@ -560,7 +560,7 @@ def _backup(conn: sqlite3.Connection, path: str) -> str:
     fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     os.close(fd)
     os.chmod(target, 0o600)
-    copy = sqlite3.connect(target)
+    copy = _connect(target)
     try:
         conn.backup(copy)
     finally:

@@ -26,6 +26,9 @@ from tests.torture.model import Node, SourceModel, expect
 from tests.torture.world import World
 
 SHOW = 8
+#: Seconds the same differences may persist with every queue empty before a round gives up waiting
+#: (well above RETRY_MAX_INTERVAL and the monitor's latency).
+STABLE = 10.0
 
 
 def scan_sources(model: SourceModel) -> tuple[dict[str, Node], set[str]]:
@@ -86,12 +89,14 @@ def reconcile(model: SourceModel, held: dict[str, dict[str, bytes]]) -> tuple[li
                                                os.path.basename(path)) if p)
                 copies[f"{destination.server}:{remote}"] = held[destination.server].get(remote)
         wrong = {where: data for where, data in copies.items() if data not in contents}
-        if wrong or not copies:
-            expected = " or ".join(_short(c) for c in contents) or "(it was never publishable)"
-            problems.append(
-                f"DATA LOSS: the daemon deleted source {path} after sync, but its last content "
-                f"({expected}) is not what the destinations hold: "
-                + ", ".join(f"{w} has {_short(d)}" for w, d in sorted(wrong.items())))
+        held_text = ", ".join(f"{w} has {_short(d)}" for w, d in sorted(wrong.items()))
+        if not contents:
+            problems.append(f"the daemon deleted source {path} after \"sync\", but it must never be "
+                            f"published (nor deleted): {held_text}")
+        elif wrong or not copies:
+            expected = " or ".join(_short(c) for c in contents)
+            problems.append(f"DATA LOSS: the daemon deleted source {path} after sync, but its last "
+                            f"content ({expected}) is not what the destinations hold: {held_text}")
         synced = {d for d in copies.values() if d is not None}
         if len(synced) == 1:
             view.published[path] = synced.pop()
@@ -160,11 +165,16 @@ def settle(world: World, model: SourceModel, timeout: float) -> tuple[list[str],
     started = time.monotonic()
     deadline = started + timeout
     delay = 0.2
+    same_since, last = started, None
     while True:
         if not any(world.counts().values()) or time.monotonic() >= deadline:
             problems, view = compare_state(world, model)
-            if not problems or time.monotonic() >= deadline:
-                return problems, view, time.monotonic() - started
+            now = time.monotonic()
+            if problems != last:
+                same_since, last = now, problems
+            # Queues empty and the same differences for STABLE seconds: nothing is left to change them.
+            if not problems or now >= deadline or now - same_since >= STABLE:
+                return problems, view, now - started
         # The polling interval of a bounded wait on the daemon's databases and destinations.
         time.sleep(delay)
         delay = min(delay * 1.5, 1.0)

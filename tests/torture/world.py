@@ -126,15 +126,20 @@ class Servers:
     def fill_disk(self) -> int:
         """Fill the destinations' tmpfs to the last byte; returns the bytes written."""
         written = 0
-        with open(self.filler, "ab") as handle:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
             for chunk in (1 << 20, 1 << 16, 4096, 512):
-                for _ in range(1024):
+                block = b"\0" * chunk
+                for _ in range(1 << 18):  # far more than the tmpfs holds in any chunk size
                     try:
-                        handle.write(b"\0" * chunk)
-                        handle.flush()
+                        count = os.write(fd, block)
                     except OSError:
                         break
-                    written += chunk
+                    written += count
+                    if count < chunk:
+                        break
+        finally:
+            os.close(fd)
         return written
 
     def free_disk(self) -> None:
