@@ -287,6 +287,15 @@ class World:
         return {t: (query(db, f"SELECT COUNT(*) FROM {t}") or [(0,)])[0][0]
                 for t in ("pipeline_queue", "pipeline_list", "failed_files_list", "files_to_delete_list")}
 
+    def paused_servers(self) -> list[str]:
+        """Servers the running daemon reports paused (its runtime status file, read directly)."""
+        try:
+            with open(os.path.join(self.state, "fileconveyor.status.json"), encoding="utf-8") as handle:
+                servers = json.load(handle).get("servers", {})
+        except (OSError, ValueError):
+            return []
+        return sorted(name for name, state in servers.items() if state.get("paused"))
+
     def failed(self) -> list[tuple[Any, ...]]:
         return query(self.setup.db("persistent_data.db"),
                      "SELECT input_file, kind, reason FROM failed_files_list LIMIT 10")
