@@ -53,7 +53,7 @@ TRANSPORTER_CLASS = "SymlinkOrCopyTransporter"
 TEMP_DIRECTORY = ".fileconveyor-tmp"
 #: errnos after which a retry cannot help.
 _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR,
-                     errno.EINVAL}
+                     errno.EINVAL, errno.EROFS}
 
 
 class SymlinkOrCopyTransporter(Transporter):
@@ -229,9 +229,10 @@ class SymlinkOrCopyTransporter(Transporter):
             # The local file is open or was just checked: it is the destination that changed
             # (a directory removed by a concurrent delete of its last file).
             return RetryableError(message + " (the destination changed meanwhile)")
-        if error.errno == errno.EROFS:
-            # The whole destination is unusable until it is remounted: pause and probe.
-            return ServerUnavailableError(message)
+        if error.errno == errno.EROFS and not os.access(self.location, os.W_OK):
+            # The whole destination is unusable until it is remounted: pause and probe. (A
+            # read-only file system mounted below a writable location refuses only its paths.)
+            return ServerUnavailableError(message + "; remount it read-write")
         if error.errno in _PERMANENT_ERRNOS:
             return PermanentError(message)
         return RetryableError(message)

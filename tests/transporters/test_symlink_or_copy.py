@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 import pathlib
+import stat
+import subprocess
 import urllib.parse
+from typing import Callable, Iterator
 
 import pytest
 
-from fileconveyor.transporters.base import TransporterContext
-from fileconveyor.transporters.symlink_or_copy import SymlinkOrCopyTransporter
+from fileconveyor.transporters.base import (
+    ConfigurationError,
+    PermanentError,
+    ServerUnavailableError,
+    TransporterContext,
+)
+from fileconveyor.transporters.symlink_or_copy import TEMP_DIRECTORY, SymlinkOrCopyTransporter
+from tests.servers._loopback import files_below
 from tests.transporters.conformance import LocalRootHarness, TransporterConformance
 
 BASE_URL = "http://static.example.com/files/"
@@ -83,3 +92,97 @@ class TestSymlinkOrCopyLinking(TransporterConformance):
         (tmp_path / "a").write_bytes(b"a")
         harness.make().upload(str(tmp_path / "a"), "a.txt")
         assert os.readlink(harness.root / "a.txt") == str(tmp_path / "a")
+
+
+# -- temporary names and file systems (issue 7, item 11) ---------------------------------------------
+
+
+def _transporter(tmp_path: pathlib.Path) -> SymlinkOrCopyTransporter:
+    return SymlinkOrCopyTransporter(
+        {"location": str(tmp_path / "www"), "url": BASE_URL},
+        TransporterContext(server_name="local", state_dir=str(tmp_path / "state"), timeout=10.0))
+
+
+def test_temporary_names_live_in_a_private_directory(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    seen: list[str] = []
+    transporter = _transporter(tmp_path)
+    real_replace = os.replace
+
+    def watching_replace(source: str, target: str) -> None:
+        seen.append(source)
+        real_replace(source, target)
+
+    # Observe where the copy was made: os.replace is the rename into place.
+    os.replace = watching_replace  # type: ignore[assignment]
+    try:
+        transporter.upload(str(tmp_path / "a"), "sub/a.txt")
+    finally:
+        os.replace = real_replace  # type: ignore[assignment]
+    private = tmp_path / "www" / TEMP_DIRECTORY
+    assert [os.path.dirname(path) for path in seen] == [str(private)]
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert os.listdir(private) == []
+
+
+def test_a_foreign_temporary_directory_is_refused(tmp_path: pathlib.Path) -> None:
+    """Real condition: someone made `.fileconveyor-tmp` a symlink to a directory they can read;
+    copies written through it could be read or replaced before they are published."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o777)
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / TEMP_DIRECTORY).symlink_to(elsewhere)
+    (tmp_path / "a").write_bytes(b"a")
+    transporter = _transporter(tmp_path)
+    with pytest.raises(ConfigurationError, match="mode 0700"):
+        transporter.upload(str(tmp_path / "a"), "a.txt")
+    with pytest.raises(ConfigurationError):
+        transporter.probe()
+    assert os.listdir(elsewhere) == [] and not (tmp_path / "www" / "a.txt").exists()
+
+
+@pytest.fixture
+def mount_tmpfs() -> Iterator[Callable[..., pathlib.Path]]:
+    """Mount small tmpfs file systems (root only); unmounted at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mounted: list[pathlib.Path] = []
+
+    def mount(path: pathlib.Path, read_only: bool = False) -> pathlib.Path:
+        path.mkdir(parents=True, exist_ok=True)
+        options = "size=4m,mode=0755" + (",ro" if read_only else "")
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "fileconveyor-test", str(path)],
+                       check=True, capture_output=True, timeout=30)
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", str(path)], check=False, capture_output=True, timeout=30)
+
+
+def test_a_target_on_another_file_system_is_still_atomic(
+        tmp_path: pathlib.Path, mount_tmpfs: Callable[..., pathlib.Path]) -> None:
+    """Real condition: a file system mounted inside the web root. A rename cannot cross it, so
+    the temporary name is made beside the target there (and still swept, still removed)."""
+    mount_tmpfs(tmp_path / "www" / "mounted")
+    (tmp_path / "a").write_bytes(b"across")
+    transporter = _transporter(tmp_path)
+    transporter.upload(str(tmp_path / "a"), "mounted/sub/a.txt")
+    assert (tmp_path / "www" / "mounted" / "sub" / "a.txt").read_bytes() == b"across"
+    assert files_below(tmp_path / "www") == ["mounted/sub/a.txt"]
+
+
+def test_read_only_destination_pauses_the_server_a_read_only_part_fails_the_file(
+        tmp_path: pathlib.Path, mount_tmpfs: Callable[..., pathlib.Path]) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    mount_tmpfs(tmp_path / "www")
+    mount_tmpfs(tmp_path / "www" / "frozen", read_only=True)
+    transporter = _transporter(tmp_path)
+    with pytest.raises(PermanentError, match="Read-only"):
+        transporter.upload(str(tmp_path / "a"), "frozen/a.txt")
+    transporter.upload(str(tmp_path / "a"), "fine.txt")
+    whole = _transporter(tmp_path / "ro")
+    mount_tmpfs(tmp_path / "ro" / "www", read_only=True)
+    with pytest.raises(ServerUnavailableError, match="remount"):
+        whole.upload(str(tmp_path / "a"), "a.txt")
