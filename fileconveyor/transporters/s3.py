@@ -678,6 +678,11 @@ class S3Transporter(Transporter):
             raise classified from error
         self._cleanup_stale_uploads()
 
+    def remove_leftovers(self) -> None:
+        # Multipart uploads of files that changed or went (unchanged ones are kept to resume).
+        self._connect()
+        self._cleanup_stale_uploads()
+
     def exists(self, remote_path: str) -> bool:
         key = normalize_remote_path(remote_path)
         client = self._connect()
