@@ -177,6 +177,7 @@ class Runner:
         fault_at = rng.randrange(count)
         restarts_before = world.self_restarts()
         end_fault: Callable[[], None] | None = None
+        fault_problems: list[str] = []
         try:
             for step in range(count):
                 if fault is not None and step == fault_at:
@@ -187,9 +188,12 @@ class Runner:
                     time.sleep(rng.uniform(0, 0.05))  # pacing: some changes apart, most in bursts
         finally:
             if end_fault is not None:
-                end_fault()
+                try:
+                    end_fault()
+                except Exception as error:  # noqa: BLE001 - e.g. the daemon does not start again
+                    fault_problems.append(f"ending the fault {fault} failed: {error}")
         problems, view, seconds = settle(world, world.model, self.settle_timeout)
-        problems += ops.anomalies
+        problems = fault_problems + problems + ops.anomalies
         ops.anomalies.clear()
         problems += final_checks(world, restarts_before)
         world.model.nodes, world.model.dirs = view.nodes, view.dirs
