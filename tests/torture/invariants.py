@@ -168,7 +168,11 @@ def settle(world: World, model: SourceModel, timeout: float) -> tuple[list[str],
     delay = 0.2
     same_since, last = started, None
     while True:
-        if not any(world.counts().values()) or time.monotonic() >= deadline:
+        counts = world.counts()
+        # Failed entries may stay (a permanent failure is retried only every RETRY_MAX_INTERVAL):
+        # compare as soon as nothing is waiting or in flight, and let STABLE decide.
+        if not any(v for k, v in counts.items() if k != "failed_files_list") \
+                or time.monotonic() >= deadline:
             problems, view = compare_state(world, model)
             now = time.monotonic()
             if problems != last or world.paused_servers():
