@@ -29,6 +29,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)-8s [%(threadName)s] %(name)s: %(message)s
 # --- logging ---------------------------------------------------------------------------------
 
 class _ReopenableRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Rotates by size, reopens on SIGHUP (logrotate), and creates every log file 0600: the log
+    names every synced file and error, and a file created by a rollover or a reopen after
+    logrotate moved the old one must not be more readable than the first (logging's own open()
+    follows the umask, usually 0644)."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
     def reopen(self) -> None:
         self.acquire()
         try:
@@ -50,8 +59,6 @@ def setup_logging(settings: Settings, console: bool = True, verbose: bool = Fals
     levels = []
     if settings.LOG_FILE:
         os.makedirs(os.path.dirname(os.path.abspath(settings.LOG_FILE)), exist_ok=True)
-        if not os.path.exists(settings.LOG_FILE):
-            os.close(os.open(settings.LOG_FILE, os.O_CREAT | os.O_WRONLY, 0o600))
         file_handler = _ReopenableRotatingFileHandler(settings.LOG_FILE, maxBytes=5 * 1024 * 1024, backupCount=5,
                                                       encoding="utf-8")
         file_handler.setFormatter(formatter)
@@ -147,12 +154,23 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from fileconveyor.daemon import stop_daemon
 
     config = _load(args)
-    pid = stop_daemon(config.settings.PID_FILE, config.settings.SHUTDOWN_TIMEOUT + 30)
-    if pid is None:
+    timeout = config.settings.SHUTDOWN_TIMEOUT + 30 if args.timeout is None else args.timeout
+    stopped = stop_daemon(config.settings.PID_FILE, timeout, kill=args.kill)
+    if stopped is None:
         print(f"File Conveyor is not running (no live process in {config.settings.PID_FILE})")
+        _tell_about_legacy_pid_file(config)
         return 0
-    print(f"File Conveyor (PID {pid}) stopped")
+    how = " with SIGKILL: it did not exit after SIGTERM" if stopped.killed else ""
+    print(f"File Conveyor (PID {stopped.pid}) stopped{how}")
     return 0
+
+
+def _tell_about_legacy_pid_file(config: Config) -> None:
+    from fileconveyor.daemon import legacy_pid_file_note
+
+    note = legacy_pid_file_note(config.settings)
+    if note:
+        print(f"NOTE: {note}", file=sys.stderr)
 
 
 def status_report(config: Config) -> dict[str, Any]:
@@ -210,6 +228,8 @@ def status_report(config: Config) -> dict[str, Any]:
             report["problems"].append(str(error))
     report["synced"] = synced
     report["problems"] = list(dict.fromkeys(report["problems"]))
+    from fileconveyor.daemon import legacy_pid_file_note
+    report["notes"] = [note for note in (legacy_pid_file_note(s),) if note]
     return report
 
 
@@ -263,6 +283,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"    {server}: {shown(count)}")
     for problem in report["problems"]:
         print(f"  PROBLEM: {problem}")
+    for note in report["notes"]:
+        print(f"  NOTE: {note}")
     return status
 
 
@@ -286,6 +308,16 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 
 # --- entry point -----------------------------------------------------------------------------
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fileconveyor",
@@ -302,7 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
     sub.add_parser("start", parents=[common], help="start in the background (PID file)").set_defaults(func=cmd_start)
-    sub.add_parser("stop", parents=[common], help="stop the background daemon and wait").set_defaults(func=cmd_stop)
+    p = sub.add_parser("stop", parents=[common], help="stop the background daemon and wait for it to exit")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="how long to wait for the exit after SIGTERM (default: SHUTDOWN_TIMEOUT + 30); "
+                        "exit status 1 if it is still running then")
+    p.add_argument("--kill", action="store_true",
+                   help="send SIGKILL if it is still running after the timeout (nothing is lost)")
+    p.set_defaults(func=cmd_stop)
     p = sub.add_parser("status", parents=[common], help="running or not, queue sizes, failures, synced files")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)

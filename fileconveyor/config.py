@@ -805,8 +805,29 @@ def _run(path: str) -> tuple[Config | None, list[ConfigProblem]]:
 
 
 def check_config(path: str) -> list[ConfigProblem]:
-    """Every problem (errors and warnings) in the config file at `path`; never raises for bad input."""
-    return _run(path)[1]
+    """Every problem (errors and warnings) in the config file at `path`; never raises for bad input.
+    Also what start-up refuses on this machine although other commands accept it: a WORKING_DIR
+    that another user can write in (fileconveyor.localfile)."""
+    config, problems = _run(path)
+    if config is not None:
+        from fileconveyor.localfile import private_directory_problem
+
+        unsafe = private_directory_problem(config.settings.WORKING_DIR)
+        if unsafe:
+            problems.append(ConfigProblem(path, _setting_line(path, "WORKING_DIR"), (
+                f"WORKING_DIR {unsafe}: another user could read or replace files on their way to "
+                "publication, so the daemon will not start; use a directory of its own (mode 0700), "
+                "or remove <WORKING_DIR> to use the default beside the state databases")))
+    return problems
+
+
+def _setting_line(path: str, name: str) -> int:
+    """The line of `<settings><name>` in the config file (1 when it is not there)."""
+    try:
+        element = etree.parse(path).getroot().find(f"settings/{name}")
+    except (OSError, etree.XMLSyntaxError):
+        return 1
+    return element.sourceline if element is not None and element.sourceline else 1
 
 
 def load_config(path: str) -> Config:

@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-import errno
+import dataclasses
 import fcntl
 import logging
 import os
@@ -21,9 +21,13 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
+import types
 from typing import Callable
 
 from fileconveyor.config import Config, load_config
+from fileconveyor.localfile import ensure_private_directory
+from fileconveyor.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +69,43 @@ def running_pid(pid_file: str) -> int | None:
 
 
 _pid_fd: int | None = None
+#: Attempts at locking a PID file that another process unlinks at the same time.
+_LOCK_ATTEMPTS = 10
+
+
+def _lock_pid_file(pid_file: str) -> int | None:
+    """An open descriptor of `pid_file` holding its exclusive lock, or None when a live process
+    holds it. The lock must be on the file the path names now: a daemon that is exiting unlinks
+    its PID file while still holding the lock, and a lock taken on that unlinked file would let
+    two daemons run, each "holding" a different PID file."""
+    for _attempt in range(_LOCK_ATTEMPTS):
+        fd = os.open(pid_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            named = os.stat(pid_file, follow_symlinks=False)
+        except FileNotFoundError:
+            named = None
+        opened = os.fstat(fd)
+        if named is not None and (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+            return fd
+        os.close(fd)  # unlinked (or replaced) meanwhile: lock what the path names now
+    raise DaemonError(f"the PID file {pid_file} keeps being replaced by another process; "
+                      "is another File Conveyor starting and stopping with this config?")
 
 
 def write_pid_file(pid_file: str) -> None:
     """Create or take over `pid_file` (mode 0600), lock it for the life of this process, write our PID."""
     global _pid_fd
     os.makedirs(os.path.dirname(os.path.abspath(pid_file)), exist_ok=True)
-    fd = os.open(pid_file, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = _lock_pid_file(pid_file)
+    if fd is None:
         holder = read_pid(pid_file)
         raise DaemonError(f"File Conveyor is already running with PID {holder} (PID file {pid_file}); "
-                          "stop it first with `fileconveyor stop`") from None
+                          "stop it first with `fileconveyor stop`")
     if os.fstat(fd).st_size:
         log.warning("Replacing stale PID file %s", pid_file)
     os.ftruncate(fd, 0)
@@ -88,6 +115,8 @@ def write_pid_file(pid_file: str) -> None:
 
 
 def remove_pid_file(pid_file: str) -> None:
+    """Unlink our PID file, then release its lock. The caller exits right after: the PID file
+    must never be gone while this process still lives (a second daemon could start beside it)."""
     global _pid_fd
     if _pid_fd is None:
         return
@@ -99,7 +128,114 @@ def remove_pid_file(pid_file: str) -> None:
     _pid_fd = None
 
 
+def remove_stale_pid_file(pid_file: str) -> bool:
+    """Remove `pid_file` if no live process holds its lock (a daemon killed with SIGKILL could
+    not remove it). True when it was removed."""
+    try:
+        fd = _lock_pid_file(pid_file) if os.path.lexists(pid_file) else None
+    except (OSError, DaemonError):
+        return False
+    if fd is None:
+        return False
+    try:
+        os.unlink(pid_file)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+# --- the PID file of older versions ------------------------------------------------------------
+
+#: The default PID file before this version (the original's too), expanded for whoever ran the
+#: command: root's init script and the web server user saw different files (#26, #152).
+LEGACY_PID_FILE = "~/.fileconveyor.pid"
+
+
+def legacy_daemon_pid(pid_file: str) -> int | None:
+    """The PID of a live File Conveyor named by the PID file `pid_file` of an older version (which
+    did not necessarily lock it), or None."""
+    pid = running_pid(pid_file) or read_pid(pid_file)
+    if pid is None or pid <= 0 or pid == os.getpid() or not is_alive(pid):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read()
+    except OSError:
+        return pid  # no /proc: trust the file
+    return pid if b"fileconveyor" in command or b"arbitrator" in command else None
+
+
+def legacy_pid_file_note(settings: Settings | types.SimpleNamespace) -> str | None:
+    """What a user upgrading from an older version must know about `~/.fileconveyor.pid`, when
+    that file exists and this config does not set PID_FILE; None otherwise."""
+    legacy = os.path.expanduser(LEGACY_PID_FILE)
+    if "PID_FILE" in settings.explicit or not os.path.lexists(legacy):
+        return None
+    pid = legacy_daemon_pid(legacy)
+    moved = (f"the default PID file moved from {LEGACY_PID_FILE} to the directory of the state "
+             f"databases ({settings.PID_FILE}), so that every user finds the same one")
+    if pid is not None:
+        return (f"{legacy} names a File Conveyor that is still running (PID {pid}), probably started "
+                f"by an older version: {moved}. This command cannot see or stop that daemon: stop it "
+                f"with `kill -TERM {pid}` before starting this version (or set PID_FILE in config.xml)")
+    return f"{legacy} is no longer used ({moved}); remove it"
+
+
+def refuse_beside_legacy_daemon(settings: Settings | types.SimpleNamespace) -> None:
+    """Refuse to start while a daemon started by an older version (PID file at the old default)
+    runs: two daemons would work on the same state."""
+    if "PID_FILE" in settings.explicit:
+        return
+    legacy = os.path.expanduser(LEGACY_PID_FILE)
+    if os.path.lexists(legacy) and legacy_daemon_pid(legacy) is not None:
+        raise DaemonError(str(legacy_pid_file_note(settings)))
+
+
 # --- foreground run ---------------------------------------------------------------------------
+
+#: Seconds that threads still busy after the arbitrator stopped (a processor in a long tool run,
+#: a thread blocked in a system call) get before the process exits without them.
+STRAGGLER_GRACE = 5.0
+
+
+def check_working_dir(working_dir: str) -> None:
+    """Create WORKING_DIR (0700) or refuse one that another user could write in."""
+    try:
+        ensure_private_directory(working_dir, "WORKING_DIR")
+    except OSError as error:
+        raise DaemonError(str(error)) from None
+
+
+def _threads_that_block_exit() -> list[threading.Thread]:
+    """The threads that the interpreter waits for at exit: non-daemon threads, and the workers of
+    every ThreadPoolExecutor (joined by an exit hook of concurrent.futures, daemon or not)."""
+    import concurrent.futures.thread as executor_threads
+
+    workers = set(getattr(executor_threads, "_threads_queues", {}).keys())
+    return [t for t in threading.enumerate()
+            if t is not threading.current_thread() and (not t.daemon or t in workers)]
+
+
+def _wait_for_threads(timeout: float) -> list[threading.Thread]:
+    """Join every thread that would keep the process alive, within `timeout` seconds in all;
+    those still alive."""
+    deadline = time.monotonic() + timeout
+    others = _threads_that_block_exit()
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t for t in others if t.is_alive()]
+
+
+def _where(thread: threading.Thread) -> str:
+    """`name (in function at file:line)`: where a thread that does not stop is stuck."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None:
+        return thread.name
+    summary = traceback.extract_stack(frame)[-1]
+    return f"{thread.name} (in {summary.name} at {summary.filename}:{summary.lineno})"
+
 
 class Runner:
     """`fileconveyor run`: the main thread waits on flags set by signal handlers and crashes."""
@@ -127,55 +263,76 @@ class Runner:
         log.info("Log file reopened (SIGHUP)")
 
     def run(self) -> int:
-        from fileconveyor.arbitrator import Arbitrator  # imports backends; keep `--help` fast
-
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
         pid_file = self.config.settings.PID_FILE
         try:
+            check_working_dir(self.config.settings.WORKING_DIR)
+            refuse_beside_legacy_daemon(self.config.settings)
             write_pid_file(pid_file)
         except DaemonError as error:
             self.ready(str(error))
             raise
-        restarted = False
+        status, stopped = 1, False
         try:
-            while not self.stop_requested.is_set():
-                arbitrator = Arbitrator(self.config, on_crash=lambda _error: self.wake.set())
-                log.warning("File Conveyor %s (PID %d, config %s)",
-                            "has restarted itself" if restarted else "is starting", os.getpid(), self.config_path)
-                try:
-                    arbitrator.start()
-                except Exception as error:
-                    arbitrator.stop(timeout=5)
-                    if restarted:
-                        self.failed_restarts += 1
-                        log.critical("Restart failed (%d in a row): %s", self.failed_restarts, error, exc_info=True)
-                        if self._wait_for_restart():
-                            continue
-                        return 1
-                    self.ready(f"{type(error).__name__}: {error}")
-                    raise
-                self.ready(None)
-                self.ready = lambda error: None
-                started_at = time.monotonic()
-                while not self.stop_requested.is_set() and not arbitrator.crashed.is_set():
-                    self.wake.wait(60)
-                    self.wake.clear()
-                arbitrator.stop()
-                if self.stop_requested.is_set():
-                    break
-                log.critical("File Conveyor stopped after an unexpected error: %s", arbitrator.crash_error)
-                if time.monotonic() - started_at < STABLE_UPTIME:
-                    self.failed_restarts += 1  # crashing again soon after a start: back off
-                else:
-                    self.failed_restarts = 0
-                if not self._wait_for_restart():
-                    return 1
-                restarted = True
+            status = self._loop()
+            stopped = True
         finally:
+            # The PID file goes last, and the process goes with it: a thread that ignores the
+            # stop (blocked in a system call) would keep the process alive for ever after the
+            # PID file said it had stopped, and a second daemon could start beside it.
+            stragglers = _wait_for_threads(STRAGGLER_GRACE)
+            if stragglers:
+                log.critical("%d thread(s) did not stop within %.0f s; exiting without them (work in "
+                             "flight is resumed at the next start): %s", len(stragglers),
+                             STRAGGLER_GRACE, "; ".join(_where(thread) for thread in stragglers))
+            if stopped:
+                log.warning("File Conveyor stopped")
             remove_pid_file(pid_file)
-        log.warning("File Conveyor stopped")
+            if stragglers:
+                logging.shutdown()
+                os._exit(status)
+        return status
+
+    def _loop(self) -> int:
+        """Start the arbitrator, wait for a stop or a crash, restart; the exit status."""
+        from fileconveyor.arbitrator import Arbitrator  # imports backends; keep `--help` fast
+
+        restarted = False
+        while not self.stop_requested.is_set():
+            arbitrator = Arbitrator(self.config, on_crash=lambda _error: self.wake.set())
+            log.warning("File Conveyor %s (PID %d, config %s)",
+                        "has restarted itself" if restarted else "is starting", os.getpid(), self.config_path)
+            try:
+                arbitrator.start()
+            except Exception as error:
+                arbitrator.stop(timeout=5)
+                if restarted:
+                    self.failed_restarts += 1
+                    log.critical("Restart failed (%d in a row): %s", self.failed_restarts, error, exc_info=True)
+                    if self._wait_for_restart():
+                        continue
+                    return 1
+                self.ready(f"{type(error).__name__}: {error}")
+                raise
+            self.ready(None)
+            self.ready = lambda error: None
+            started_at = time.monotonic()
+            while not self.stop_requested.is_set() and not arbitrator.crashed.is_set():
+                self.wake.wait(60)
+                self.wake.clear()
+            arbitrator.stop()
+            if self.stop_requested.is_set():
+                break
+            log.critical("File Conveyor stopped after an unexpected error: %s", arbitrator.crash_error)
+            if time.monotonic() - started_at < STABLE_UPTIME:
+                self.failed_restarts += 1  # crashing again soon after a start: back off
+            else:
+                self.failed_restarts = 0
+            if not self._wait_for_restart():
+                return 1
+            restarted = True
         return 0
 
     def _wait_for_restart(self) -> bool:
@@ -249,36 +406,94 @@ def start_detached(config_path: str, pid_file: str, log_file: str) -> int:
     raise DaemonError(f"File Conveyor did not start: {text}")
 
 
-def stop_daemon(pid_file: str, timeout: float) -> int | None:
-    """SIGTERM the daemon named by the PID file and wait for it to exit. Returns its PID, or None
-    when no daemon was running."""
+@dataclasses.dataclass(frozen=True)
+class Stopped:
+    """What `stop_daemon` did: the PID it stopped, and whether SIGKILL was needed."""
+
+    pid: int
+    killed: bool = False
+
+
+#: Seconds to wait for the exit after SIGKILL (the kernel needs a moment on a loaded machine).
+KILL_WAIT = 10.0
+
+
+def stop_daemon(pid_file: str, timeout: float, kill: bool = False) -> Stopped | None:
+    """SIGTERM the daemon named by the PID file and wait up to `timeout` s for its PROCESS to exit
+    (not for its PID file: the file going is no proof). Returns what was stopped, or None when no
+    daemon was running. If it is still alive after `timeout`: with `kill`, SIGKILL it and remove
+    its PID file; otherwise raise DaemonError saying that it is still running."""
     pid = running_pid(pid_file)
     if pid is None:
         return None
     if pid <= 0:
         raise DaemonError(f"{pid_file} is locked by a running File Conveyor but holds no valid PID; "
                           "find the process with `fuser` and stop it with SIGTERM")
+    if not _signal(pid, signal.SIGTERM):
+        remove_stale_pid_file(pid_file)
+        return Stopped(pid)
+    if _wait_for_exit(pid, timeout):
+        remove_stale_pid_file(pid_file)  # normally already gone: the daemon removes it last
+        return Stopped(pid)
+    if not kill:
+        raise DaemonError(
+            f"File Conveyor is still running (PID {pid}), not stopped: it did not exit within "
+            f"{timeout:.0f} s of SIGTERM (see its log for what it is doing). Run `fileconveyor stop` "
+            f"again to wait longer, or `fileconveyor stop --kill` to force it (nothing is lost: work "
+            f"in flight resumes at the next start)")
+    log.warning("File Conveyor (PID %d) did not exit within %.0f s of SIGTERM; sending SIGKILL", pid, timeout)
+    if _signal(pid, signal.SIGKILL) and not _wait_for_exit(pid, KILL_WAIT):
+        raise DaemonError(f"File Conveyor is still running (PID {pid}), not stopped, even after SIGKILL "
+                          f"(a process stuck in the kernel, state D?); check `ps -o stat,wchan -p {pid}`")
+    remove_stale_pid_file(pid_file)
+    return Stopped(pid, killed=True)
+
+
+def _signal(pid: int, signum: int) -> bool:
+    """Send `signum`; False when the process is already gone."""
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signum)
     except ProcessLookupError:
-        return pid
+        return False
+    except PermissionError:
+        raise DaemonError(f"not allowed to signal File Conveyor (PID {pid}): it runs as another user; "
+                          "run `fileconveyor stop` as that user (or as root)") from None
+    return True
+
+
+def is_alive(pid: int) -> bool:
+    """Does process `pid` exist and has not exited? A zombie (exited, not yet reaped by its
+    parent) has exited."""
+    try:
+        # A child of ours (tests, or `start` right after forking) stays a zombie until reaped.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, another user's
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            fields = dict(line.split(b":", 1) for line in handle.read().splitlines() if b":" in line)
+    except OSError:
+        return True  # no /proc (macOS): os.kill said it exists
+    # The main thread of a process whose other threads are still exiting (still holding its
+    # files, the PID file's lock among them) is a zombie too: only a lone zombie has exited.
+    state, threads = fields.get(b"State", b"").strip()[:1], fields.get(b"Threads", b"1").strip()
+    return state not in (b"Z", b"X") or threads not in (b"0", b"1")
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    """Wait up to `timeout` s for `pid` to exit; True when it did."""
     deadline = time.monotonic() + timeout
-    delay = 0.05
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        except OSError as error:
-            if error.errno != errno.EPERM:
-                raise
-        # A child of ours (tests) stays a zombie until reaped.
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return pid
-        except ChildProcessError:
-            pass
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-    raise DaemonError(f"File Conveyor (PID {pid}) did not stop within {timeout:.0f} s; "
-                      f"it may still be finishing a transfer. `kill -KILL {pid}` forces it (nothing is lost)")
+    delay = 0.02
+    while is_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.25)
+    return True

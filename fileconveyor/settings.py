@@ -9,6 +9,12 @@ Every setting has a type so that a value written in XML is parsed and checked on
 that names the setting and the allowed values. Relative paths resolve against the directory of the
 config file (the original resolved them against the current directory, so the PID file and the
 databases moved with whoever started the daemon: original issues #26 and #152).
+
+The PID file and the processors' working directory default to the directory of the state
+databases (that of PERSISTENT_DATA_DB), not to a user's home or to /tmp: every user who runs
+`status` or `stop` with the same config finds the same PID file (the original's
+`~/.fileconveyor.pid` was a different file for root's init script and for the web server user), and
+files on their way to publication never sit in a world-writable directory.
 """
 from __future__ import annotations
 
@@ -78,6 +84,9 @@ class SettingSpec:
     parse: Callable[[str], Any]
     is_path: bool = False
     doc: str = ""
+    #: For a path default: the path setting whose directory the default is relative to (instead of
+    #: the config file's directory). An explicit value is still relative to the config file.
+    beside: str | None = None
 
 
 SPECS: tuple[SettingSpec, ...] = (
@@ -87,16 +96,22 @@ SPECS: tuple[SettingSpec, ...] = (
                 doc="seconds to wait before such a restart"),
     SettingSpec("LOG_FILE", "fileconveyor.log", _text, is_path=True,
                 doc="rotating log file (5 MiB x 5); empty for none"),
-    SettingSpec("PID_FILE", "~/.fileconveyor.pid", _text, is_path=True),
     SettingSpec("PERSISTENT_DATA_DB", "persistent_data.db", _text, is_path=True),
+    SettingSpec("PID_FILE", "fileconveyor.pid", _text, is_path=True, beside="PERSISTENT_DATA_DB",
+                doc="default: beside the state databases (the original used ~/.fileconveyor.pid)"),
     SettingSpec("SYNCED_FILES_DB", "synced_files.db", _text, is_path=True),
     SettingSpec("SYNCED_FILES_WAL", False, _bool,
                 doc="WAL journal for synced_files.db: faster commits, but readers must be able to "
                     "write beside it (docs/state.md)"),
     SettingSpec("FSMONITOR_DB", "fsmonitor.db", _text, is_path=True,
                 doc="the path index (hard-coded in the original)"),
-    SettingSpec("WORKING_DIR", "/tmp/fileconveyor", _text, is_path=True,
-                doc="processor working copies; one private directory per chain run"),
+    SettingSpec("WORKING_DIR", "processor_work", _text, is_path=True, beside="PERSISTENT_DATA_DB",
+                doc="processor working copies, one private directory per chain run; must be owned by "
+                    "the daemon's user and writable by no one else (default: beside the state "
+                    "databases; the original used /tmp/fileconveyor)"),
+    SettingSpec("SYNC_UNSAFE_SYMLINKS", False, _bool,
+                doc="also sync symlinks that resolve outside their source tree (rsync's "
+                    "--copy-unsafe-links); by default only links inside the tree are synced"),
     SettingSpec("MAX_FILES_IN_PIPELINE", 50, _positive_int,
                 doc="paths in flight at once"),
     SettingSpec("MAX_SIMULTANEOUS_PROCESSORCHAINS", 1, _positive_int),
@@ -129,8 +144,10 @@ SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}
 class Settings:
     """Resolved settings: attribute access by the original names, immutable after creation."""
 
-    def __init__(self, values: Mapping[str, Any]) -> None:
+    def __init__(self, values: Mapping[str, Any], explicit: frozenset[str] = frozenset()) -> None:
         object.__setattr__(self, "_values", dict(values))
+        #: The names config.xml set (the others are defaults).
+        object.__setattr__(self, "explicit", frozenset(explicit))
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -166,12 +183,13 @@ def resolve(overrides: Mapping[str, str], base_dir: str) -> Settings:
         else:
             value = spec.default
         if spec.is_path:
-            value = resolve_path(value, base_dir)
+            beside = values.get(spec.beside or "") if spec.name not in overrides else None
+            value = resolve_path(value, os.path.dirname(beside) if beside else base_dir)
         values[spec.name] = value
     unknown = sorted(set(overrides) - set(SPECS_BY_NAME))
     if unknown:
         raise SettingError(unknown[0], "is not a setting; known settings: " + ", ".join(SPECS_BY_NAME))
-    return Settings(values)
+    return Settings(values, frozenset(overrides))
 
 
 def _hint(spec: SettingSpec) -> str:

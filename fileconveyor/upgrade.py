@@ -710,7 +710,7 @@ def _state_settings(args: argparse.Namespace) -> types.SimpleNamespace:
         PERSISTENT_DATA_DB=explicit[0] or settings.PERSISTENT_DATA_DB,
         SYNCED_FILES_DB=explicit[1] or settings.SYNCED_FILES_DB,
         FSMONITOR_DB=explicit[2] or settings.FSMONITOR_DB,
-        SYNCED_FILES_WAL=settings.SYNCED_FILES_WAL, PID_FILE=settings.PID_FILE)
+        SYNCED_FILES_WAL=settings.SYNCED_FILES_WAL, PID_FILE=settings.PID_FILE, explicit=settings.explicit)
 
 
 def resync_all(settings: types.SimpleNamespace) -> list[str]:
@@ -742,12 +742,15 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("loading %s failed", args.config, exc_info=True)
         print(f"fileconveyor upgrade: cannot use the config {args.config}:\n{error}", file=sys.stderr)
         return 2
+    from fileconveyor.daemon import DaemonError, legacy_pid_file_note, refuse_beside_legacy_daemon
     try:
+        refuse_beside_legacy_daemon(settings)  # an older daemon may be using the files to convert
         report = upgrade_databases(settings.PERSISTENT_DATA_DB, settings.SYNCED_FILES_DB, settings.FSMONITOR_DB,
                                    UpgradeOptions(trust_mtime_seconds=not args.resync_all))
         if args.resync_all:
             report.extend(resync_all(settings))
-    except UpgradeError as error:
+        report.extend(f"NOTE: {note}" for note in (legacy_pid_file_note(settings),) if note)
+    except (UpgradeError, DaemonError) as error:
         print(f"fileconveyor upgrade: {error}", file=sys.stderr)
         return 1
     except Exception as error:  # last resort: no traceback may reach a user

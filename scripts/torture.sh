@@ -7,6 +7,7 @@
 #
 #   scripts/torture.sh --rounds 200 --seed 12345
 #   scripts/torture.sh --rounds 50 --faults kill9,s3_outage --findings /tmp/findings.md
+#   scripts/torture.sh --rounds 20 --commit HEAD   # a snapshot of a commit, not the edited tree
 #   scripts/torture.sh --help
 #
 # Needs root (sshd, the tmpfs, /proc/sys/fs/inotify) and what scripts/test.sh installs.

@@ -314,8 +314,21 @@ def test_settings_override_and_resolve_relative_to_the_config(tmp_path: pathlib.
 def test_settings_defaults(tmp_path: pathlib.Path) -> None:
     path, _ = write(tmp_path, doc())
     settings = load_config(path).settings
-    assert settings.PID_FILE == os.path.expanduser("~/.fileconveyor.pid")
+    # Beside the state databases, whoever runs the command (#26, #152), and never in /tmp.
+    assert settings.PID_FILE == str(tmp_path / "fileconveyor.pid")
+    assert settings.WORKING_DIR == str(tmp_path / "processor_work")
+    assert settings.SYNC_UNSAFE_SYMLINKS is False
     assert settings.MAX_FILES_IN_PIPELINE == 50
+    assert settings.explicit == frozenset()
+
+
+def test_pid_file_and_working_dir_follow_the_state_databases(tmp_path: pathlib.Path) -> None:
+    path, _ = write(tmp_path, doc(extra='<settings>\n    <PERSISTENT_DATA_DB>state/p.db</PERSISTENT_DATA_DB>\n'
+                                  '  </settings>'))
+    settings = load_config(path).settings
+    assert settings.PID_FILE == str(tmp_path / "state" / "fileconveyor.pid")
+    assert settings.WORKING_DIR == str(tmp_path / "state" / "processor_work")
+    assert settings.explicit == frozenset({"PERSISTENT_DATA_DB"})
 
 
 def test_names_and_values_are_trimmed_and_paths_normalised(tmp_path: pathlib.Path) -> None:

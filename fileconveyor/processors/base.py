@@ -7,6 +7,11 @@ arbitrator removes afterwards. A processor may change the basename of the file (
 names) but never its directory: where a file lands on a server is decided by the source's relative
 path, and the transported basename is recorded in `synced_files.db`.
 
+The source itself is read once, by the chain: it is copied into the run's directory through
+`fileconveyor.localfile` (never blocking on a FIFO swapped in for the file, never following a symlink
+out of the source tree), and every processor works on that snapshot. So a processor or an external
+tool can never hang on a special file or read a file the tree's owner could not publish.
+
 Processors never run a shell and never build a command line from a string: subprocesses are
 started with an argument list (see `run_tool`). A tool that is missing is reported once at start-up
 by `check_available`, with how to install it, instead of failing every file forever.
@@ -25,9 +30,10 @@ import dataclasses
 import importlib
 import logging
 import os
-import shutil
 import subprocess
 from typing import Callable, ClassVar, Sequence
+
+from fileconveyor.localfile import copy_regular, open_regular
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,11 @@ class ProcessorContext:
     #: Will this source file be synced to `server` at all (some rule matches it and sends it
     #: there)? A file that never will is not worth waiting for.
     will_be_synced: Callable[[str], bool] = lambda input_file: True
+    #: The scan path of the source the file belongs to: the file must resolve inside it (rsync's
+    #: "safe links") unless `allow_unsafe_links`. None: no such check (tools and tests).
+    source_root: str | None = None
+    #: The setting SYNC_UNSAFE_SYMLINKS.
+    allow_unsafe_links: bool = False
     #: Absolute paths of files whose URLs the output embeds (filled by processors such as the CSS
     #: URL updater); when one of them is synced again under a new URL, this file is queued again.
     dependencies: set[str] = dataclasses.field(default_factory=set)
@@ -122,7 +133,7 @@ def run_tool(argv: Sequence[str], timeout: float = 300.0, stdin_path: str | None
 
     `argv` is a list: file names are single arguments and are never interpreted. File names that
     start with `-` must be passed as absolute paths by the caller (working files always are)."""
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+    stdin = open_regular(stdin_path) if stdin_path else subprocess.DEVNULL
     stdout = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
     try:
         result = subprocess.run(list(argv), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE,
@@ -148,7 +159,9 @@ def copy_to(context: ProcessorContext, input_file: str, basename: str) -> str:
     """Copy `input_file` to `basename` in the run's working dir and return the new path."""
     output = context.output_path(basename)
     if os.path.abspath(output) != os.path.abspath(input_file):
-        shutil.copyfile(input_file, output)
+        if os.path.lexists(output):
+            os.unlink(output)
+        copy_regular(input_file, output)
     return output
 
 
@@ -235,10 +248,16 @@ class ProcessorChain:
         return any(cls.different_per_server and cls.would_process(path) for cls in self.processor_classes)
 
     def run(self, context: ProcessorContext) -> str:
+        """The output file: in the working dir, or `context.original_file` itself when no
+        processor changed it (a transporter may then link to the source instead of copying).
+        Raises what `snapshot_source` raises for a source that cannot be read safely."""
         current = context.original_file
+        snapshot: str | None = None
         for cls in self.processor_classes:
             if not cls.would_process(current):
                 continue
+            if snapshot is None:
+                current = snapshot = snapshot_source(context)
             output = cls(context).run(current)
             if not os.path.isfile(output):
                 raise ProcessorError(f"{cls.__module__}.{cls.__name__} produced no output file")
@@ -246,4 +265,21 @@ class ProcessorChain:
                     os.path.abspath(context.working_dir), os.path.dirname(os.path.abspath(current))):
                 raise ProcessorError(f"{cls.__module__}.{cls.__name__} wrote outside its working dir")
             current = output
-        return current
+        return context.original_file if current == snapshot else current
+
+
+#: The subdirectory of a run's working dir that holds the snapshot of the source.
+SNAPSHOT_DIR = ".source"
+
+
+def snapshot_source(context: ProcessorContext) -> str:
+    """Copy the source file into `<working dir>/.source/` and return the copy's path (same
+    basename and mtime). Raises localfile.NotRegularFileError for a FIFO or device swapped in for
+    the file, localfile.UnsafeLinkError for a link out of the source tree (unless allowed), and
+    FileNotFoundError for a file that is gone."""
+    directory = os.path.join(context.working_dir, SNAPSHOT_DIR)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, os.path.basename(context.original_file))
+    root = None if context.allow_unsafe_links else context.source_root
+    copy_regular(context.original_file, path, root=root)
+    return path

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import os
 import pathlib
 import random
 import shutil
 import signal
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from typing import Callable, TextIO
@@ -247,6 +250,18 @@ class Runner:
         return summary
 
 
+def snapshot(revision: str, target: pathlib.Path) -> str:
+    """Extract `revision`'s fileconveyor package into `target` (git archive, no shell)."""
+    archive = subprocess.run(["git", "-C", REPO, "archive", "--format=tar", revision, "fileconveyor"],
+                             capture_output=True, timeout=120)
+    if archive.returncode != 0:
+        raise SystemExit(f"torture: git archive {revision} failed: {archive.stderr.decode(errors='replace')}")
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(target, filter="data")
+    return str(target)
+
+
 def main(argv: list[str] | None = None) -> int:
     from tests.servers.moto import MotoServer
     from tests.servers.sshd import SSHServer, sshd_unavailable_reason
@@ -266,9 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="default: a new directory in $TMPDIR, kept "
                         "when a violation is found")
     parser.add_argument("--findings", default=None, help="append each violation's report to this file")
-    parser.add_argument("--code", default=None, metavar="DIR",
-                        help="run the daemon from this directory's fileconveyor package (for example "
-                        "a `git archive` snapshot of a commit) instead of this checkout")
+    code = parser.add_mutually_exclusive_group()
+    code.add_argument("--code", default=None, metavar="DIR",
+                      help="run the daemon from this directory's fileconveyor package instead of "
+                      "this checkout")
+    code.add_argument("--commit", default=None, metavar="REV",
+                      help="run the daemon from a snapshot of this commit's fileconveyor package "
+                      "(git archive), e.g. HEAD while the working tree is being edited")
     args = parser.parse_args(argv)
     faults = tuple(f for f in args.faults.split(",") if f)
     unknown = set(faults) - set(FAULTS)
@@ -296,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sshd.start()
         moto.start()
-        servers = Servers(base, sshd, moto, os.path.abspath(args.code) if args.code else REPO)
+        code_dir = os.path.abspath(args.code) if args.code else REPO
+        if args.commit:
+            code_dir = snapshot(args.commit, base / "code")
+            print(f"torture: daemon code from commit {args.commit} in {code_dir}", flush=True)
+        servers = Servers(base, sshd, moto, code_dir)
 
         def record(violation: Violation) -> None:
             if args.findings:

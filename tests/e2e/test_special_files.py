@@ -1,0 +1,94 @@
+"""Special files and symlinks in a source tree, against the real daemon (issue 7, items 8 and 17).
+
+A FIFO swapped in for a file that is in flight must not hang a processor thread (and with it the
+pipeline and `stop`), and a symlink out of the source tree must never publish what it points to.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.e2e.harness import Daemon, counts, query, tree, wait_for, write_config
+from tests.e2e.test_daemon import cli, write
+
+GATED_MINIFY = ("tests.e2e.processors.Gate", "minify.CSS")
+COPY = ("tests.e2e.processors.Copy",)
+
+
+def test_a_fifo_swapped_in_for_a_file_in_flight_blocks_no_thread(tmp_path):
+    """Issue 7 item 8: while the only processor thread is busy (a held file), b.css is planned,
+    then replaced by a FIFO before its chain runs. The chain must not open the FIFO (minify.CSS
+    blocked for ever in open()): later files are still processed, and `stop` stops the process.
+
+    If the swap happens to beat the planning (which then skips the FIFO), the test passes without
+    exercising the chain: the planning runs within milliseconds of the file entering the in-flight
+    list, which the test waits for, so that is rare."""
+    setup = write_config(tmp_path, processors=GATED_MINIFY,
+                         settings={"MAX_SIMULTANEOUS_PROCESSORCHAINS": "1", "SHUTDOWN_TIMEOUT": "5"})
+    swapped = os.path.join(setup.source, "b.css")
+    daemon = Daemon(setup).start()
+    try:
+        write(os.path.join(setup.source, "a.held"), "a")
+        wait_for(lambda: os.path.exists(os.path.join(setup.root, "entered-a.held")), 30,
+                 "the processor thread to be busy")
+        write(swapped, "b  {  color : red ;  }\n")
+        wait_for(lambda: swapped in in_flight(setup), 30, "b.css to be in flight")
+        staged = os.path.join(setup.root, "staged.fifo")
+        os.mkfifo(staged)
+        os.rename(staged, swapped)
+        open(os.path.join(setup.root, "open-gate"), "w").close()
+        write(os.path.join(setup.source, "c.css"), "c  {  color : blue ;  }\n")
+        try:
+            wait_for(lambda: tree(setup.dest).get("c.css") == b"c{color:blue}", 30,
+                     "a later file to be processed and published")
+        except AssertionError as error:
+            raise AssertionError(f"{error}; the processor thread is stuck?\n{daemon.log_tail()}") from None
+        assert "b.css" not in tree(setup.dest)
+        stopped = cli("stop", "--config", setup.config, timeout=120)
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
+        assert daemon.process is not None and daemon.process.wait(10) == 0
+        assert not os.path.exists(setup.pid_file)
+        assert "did not stop within" not in daemon.log_tail(400)
+    finally:
+        daemon.kill()
+
+
+def in_flight(setup) -> set[str]:
+    return {row[0] for row in query(setup.db("persistent_data.db"), "SELECT input_file FROM pipeline_list")}
+
+
+def _leaky_tree(setup_root: str, source: str) -> str:
+    """A secret outside the tree, a link to it, and a safe link inside the tree. Returns the secret."""
+    secret = os.path.join(setup_root, "secret.txt")
+    write(secret, "TOP SECRET shadow line")
+    os.chmod(secret, 0o600)
+    write(os.path.join(source, "sub", "real.txt"), "real content")
+    os.symlink(secret, os.path.join(source, "leak.txt"))
+    os.symlink(os.path.join("sub", "real.txt"), os.path.join(source, "ok.txt"))
+    return secret
+
+
+@pytest.mark.parametrize("mode", ["symlink", "copy"])
+def test_a_symlink_out_of_the_source_tree_is_not_published(tmp_path, mode):
+    """Issue 7 item 17: a link to /etc/shadow in a web-writable upload directory published its
+    content. Only links that resolve inside their source tree are synced (rsync's safe links)."""
+    setup = write_config(tmp_path, processors=COPY if mode == "copy" else ())
+    _leaky_tree(setup.root, setup.source)
+    with Daemon(setup) as daemon:
+        wait_for(lambda: tree(setup.dest).get("ok.txt") == b"real content"
+                 and tree(setup.dest).get(os.path.join("sub", "real.txt")) == b"real content"
+                 and counts(setup)["pipeline_queue"] == counts(setup)["pipeline_list"] == 0,
+                 30, "the safe files to be published and the pipeline to be quiet")
+        published = tree(setup.dest)
+        assert "leak.txt" not in published, daemon.log_tail()
+        assert not any(b"TOP SECRET" in data for data in published.values())
+        assert not os.path.lexists(os.path.join(setup.dest, "leak.txt"))
+
+
+def test_the_explicit_setting_syncs_links_out_of_the_tree(tmp_path):
+    setup = write_config(tmp_path, processors=COPY, settings={"SYNC_UNSAFE_SYMLINKS": "true"})
+    _leaky_tree(setup.root, setup.source)
+    with Daemon(setup):
+        wait_for(lambda: tree(setup.dest).get("leak.txt") == b"TOP SECRET shadow line", 30,
+                 "the link out of the tree to be published, as the setting asks")
