@@ -26,14 +26,17 @@ import logging
 import os
 import queue
 import shutil
+import stat
 import threading
 import time
 from typing import Callable, Sequence
 
 from fileconveyor.config import Config
+from fileconveyor.localfile import kind_of, unsafe_link_reason
 from fileconveyor.settings import Settings
 from fileconveyor.fsmonitor import Event, FSEvent, Monitor
 from fileconveyor.fsmonitor import get_monitor
+from fileconveyor.pipeline.db import degraded
 from fileconveyor.pipeline.queue import PAUSED, Item, PersistentPipeline, SourceIdentity
 from fileconveyor.pipeline.synced_files import SyncedFiles, Upload, clear_requeues, pending_requeues, record_uploads
 from fileconveyor.pipeline.workers import TransportTask, TransporterPool
@@ -54,6 +57,8 @@ class _Record:
     trip: Trip
     planned: PlannedUpload
 
+#: Seconds between refreshes of the runtime status file (written only when it changed).
+STATUS_INTERVAL = 1.0
 #: Seconds dispatching waits at start-up for the monitor's comparison of the trees with its index.
 STARTUP_SCAN_WAIT = 120.0
 
@@ -88,6 +93,7 @@ class Arbitrator:
         self._cleanup: queue.Queue[list[str] | None] = queue.Queue()
         self._cleaner: threading.Thread | None = None
         self._last_status = ""
+        self._status_writer: threading.Thread | None = None
         self._processors: concurrent.futures.ThreadPoolExecutor | None = None
 
     # --- life cycle -------------------------------------------------------------------------
@@ -118,6 +124,7 @@ class Arbitrator:
             self.pools[server.name] = TransporterPool(
                 server.name, functools.partial(transporter_class, server.settings, context),
                 limit, slots, self._crash, on_state_change=self._server_state_changed)
+            self.pools[server.name].sweep_leftovers()
         self._processors = concurrent.futures.ThreadPoolExecutor(
             max_workers=s.MAX_SIMULTANEOUS_PROCESSORCHAINS, thread_name_prefix="processor")
         self._recorder = threading.Thread(target=self._guarded, args=(self._record_loop,),
@@ -138,6 +145,10 @@ class Arbitrator:
         self._dispatcher = threading.Thread(target=self._guarded, args=(self._dispatch_loop,),
                                             name="dispatcher", daemon=True)
         self._dispatcher.start()
+        # Its own thread: the status must stay current while a database write is being retried.
+        self._status_writer = threading.Thread(target=self._guarded, args=(self._status_loop,),
+                                               name="status", daemon=True)
+        self._status_writer.start()
         log.info("File Conveyor is up: %d source(s), %d server(s), %d rule(s); monitor: %s",
                  len(self.config.sources), len(self.config.servers), len(self.config.rules), self.monitor.name)
 
@@ -174,6 +185,8 @@ class Arbitrator:
             self._trips.clear()
         if left:
             log.warning("%d file(s) still in flight at shutdown; they will be resumed at the next start", left)
+        if self._status_writer is not None:
+            self._status_writer.join(STATUS_INTERVAL + 1.0)
         try:
             os.unlink(runtime_status_path(self.settings))
         except OSError:
@@ -227,6 +240,7 @@ class Arbitrator:
             status.update(report() if report is not None else {
                 "monitor": monitor.name, "polled_trees": sorted(getattr(monitor, "polled_trees", {}) or {}),
                 "overflows": getattr(monitor, "overflows", 0)})
+        status["databases_degraded"] = [dataclasses.asdict(d) for d in degraded()]
         blocked = self.pipeline.blocked_counts()
         status["servers"] = {
             name: {"paused": pool.paused_reason, "paused_since": pool.paused_since,
@@ -234,13 +248,15 @@ class Arbitrator:
             for name, pool in self.pools.items()}
         return status
 
+    def _status_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._write_runtime_status()
+            self._stopping.wait(STATUS_INTERVAL)
+
     def _write_runtime_status(self) -> None:
         """Publish runtime_status() for `fileconveyor status` (written only when it changed)."""
         status = self.runtime_status()
-        servers = status["servers"]
-        assert isinstance(servers, dict)
-        summary = json.dumps({k: v for k, v in status.items() if k != "servers"} |
-                             {"paused": {n: s["paused"] for n, s in servers.items()}}, sort_keys=True)
+        summary = json.dumps(status, sort_keys=True)
         if summary == self._last_status:
             return
         self._last_status = summary
@@ -282,7 +298,6 @@ class Arbitrator:
         self._wait_for_startup_scan()
         while not self._stopping.is_set():
             self._wake.clear()
-            self._write_runtime_status()
             now = time.time()
             if self._servers_changed.is_set():
                 self._servers_changed.clear()
@@ -323,12 +338,22 @@ class Arbitrator:
     # --- services used by trips ----------------------------------------------------------------
 
     def unsyncable_reason(self, path: str) -> str | None:
-        """Why `path` is not synced (not a regular file), or None."""
+        """Why `path` is not synced, or None: it is not a regular file (a FIFO, a device, gone),
+        or it is a symlink (or lies below one) that leads out of its source tree, unless
+        SYNC_UNSAFE_SYMLINKS allows that (rsync's "safe links")."""
         try:
-            if not os.path.isfile(path):
-                return "not a regular file"
+            info = os.stat(path)
+        except FileNotFoundError:
+            return None  # vanished: the trip says so, and the DELETED event follows
         except OSError as error:
-            return str(error)
+            return f"cannot stat it: {error.strerror}"
+        if not stat.S_ISREG(info.st_mode):
+            return f"it is {kind_of(info.st_mode)}, not a regular file"
+        if not self.settings.SYNC_UNSAFE_SYMLINKS:
+            for source in routing.sources_containing(self.config, path):
+                reason = unsafe_link_reason(path, source.scan_path)
+                if reason is not None:
+                    return reason
         return None
 
     def will_be_synced(self, path: str, server: str | None) -> bool:

@@ -261,7 +261,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"    polled (out of inotify watches): {tree}")
         for server, state_ in sorted(runtime.get("servers", {}).items()):
             if state_.get("paused"):
-                print(f"  server {server} is PAUSED ({state_['queued']} queued): {state_['paused']}")
+                since = state_.get("paused_since")
+                print(f"  server {server} is PAUSED" + (f" for {time.time() - since:.0f} s" if since else "")
+                      + f" ({state_.get('files_waiting', 0)} file(s) wait for it): {state_['paused']}")
         for database in runtime.get("databases_degraded", []):
             print(f"  database {database['path']}: {database['problem']} for {time.time() - database['since']:.0f} s,"
                   f" writes retried ({database['attempts']} attempt(s)): {database['detail']}")

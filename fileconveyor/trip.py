@@ -32,6 +32,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 import threading
 import uuid
 from typing import TYPE_CHECKING, Callable
@@ -39,11 +40,12 @@ from typing import TYPE_CHECKING, Callable
 from fileconveyor import routing
 from fileconveyor.config import Destination, Rule
 from fileconveyor.fsmonitor import Event
+from fileconveyor.localfile import NotRegularFileError
 from fileconveyor.pipeline.queue import PAUSED, Item, SourceIdentity, retry_delay
 from fileconveyor.pipeline.synced_files import copies_of, forget_copies, forget_file
 from fileconveyor.pipeline.workers import TransportTask
 from fileconveyor.processors.base import ProcessorChain, ProcessorContext, ProcessorError, WaitForFiles
-from fileconveyor.transporters.base import TransporterError
+from fileconveyor.transporters.base import SourceVanishedError, TransporterError
 
 if TYPE_CHECKING:
     from fileconveyor.arbitrator import Arbitrator
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Severity order of failure kinds: the worst one decides how long a failed file waits.
-KIND_ORDER = ("waiting", PAUSED, "retryable", "permanent", "configuration")
+KIND_ORDER = ("waiting", PAUSED, "vanished", "retryable", "permanent", "configuration")
 WORK_DIR_PREFIX = "run-"
 #: errnos of local file operations that no retry can fix (a retry waits RETRY_MAX_INTERVAL).
 PERMANENT_ERRNOS = {errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOTDIR}
@@ -183,7 +185,8 @@ class Trip:
             return
         problem = conveyor.unsyncable_reason(self.path)
         if problem is not None:
-            log.debug("%s is not synced: %s", self.path, problem)
+            # Not an error of the file's servers: nothing to retry until the path changes again.
+            log.info("Not syncing %s: %s", self.path, problem)
             return
         try:
             self.identity = SourceIdentity.of(os.stat(self.path))
@@ -233,7 +236,8 @@ class Trip:
         self.work_dirs.append(work_dir)
         context = ProcessorContext(
             original_file=self.path, document_root=source.document_root, base_path=source.base_path,
-            server=server, working_dir=work_dir,
+            server=server, working_dir=work_dir, source_root=source.scan_path,
+            allow_unsafe_links=conveyor.settings.SYNC_UNSAFE_SYMLINKS,
             synced_url=functools.partial(conveyor.synced.url, server=server),
             will_be_synced=functools.partial(conveyor.will_be_synced, server=server))
         unit = self._open_unit(f"process {rule.key}" + (f" for {server}" if server else ""))
@@ -248,6 +252,11 @@ class Trip:
                 self._settle(unit, Failure("waiting", f"{rule.key}: {wait}"))
                 return
             except (ProcessorError, OSError) as error:
+                if isinstance(error, NotRegularFileError) or (isinstance(error, OSError) and self._source_vanished()):
+                    # Not the file's servers' problem: the change that did it has its own event.
+                    log.info("Not processing %s for rule %r: %s", self.path, rule.key, error)
+                    self._settle(unit)
+                    return
                 kind = ("permanent" if isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS
                         else "retryable")
                 log.warning("Processing %s for rule %r failed (%s): %s", self.path, rule.key, kind, error)
@@ -291,6 +300,10 @@ class Trip:
                                                 functools.partial(self._uploaded, planned))))
 
     def _uploaded(self, planned: PlannedUpload, url: str | None, error: TransporterError | None) -> None:
+        if isinstance(error, SourceVanishedError) and self._source_vanished():
+            log.info("%s vanished during its upload to %s; its deletion event follows", self.path, planned.server)
+            self._settle(planned.unit)
+            return
         if error is not None:
             if error.kind != PAUSED:
                 log.warning("Upload of %s to %s failed: %s", self.path, planned.server, error)
@@ -445,6 +458,15 @@ class Trip:
         if self.failures and all(f.kind == PAUSED for f in self.failures):
             return self.failures[0].server
         return None
+
+    def _source_vanished(self) -> bool:
+        """Is the source gone, or no longer a regular file, since the trip began?"""
+        try:
+            return not stat.S_ISREG(os.stat(self.path).st_mode)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
 
     def still_the_synced_content(self) -> bool:
         """Is the file on disk still the version this trip started from?"""

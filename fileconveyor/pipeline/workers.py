@@ -91,6 +91,24 @@ class TransporterPool:
                 return
         task.on_done(None, ServerPausedError(f"server {self.server!r} is paused: {paused}"))
 
+    def sweep_leftovers(self) -> None:
+        """In the background, remove what interrupted uploads left on the server (temporary names,
+        unfinished multipart uploads) without waiting for the next upload to connect. A server
+        that cannot be reached now is swept by its transporters when they (re)connect."""
+        def sweep() -> None:
+            transporter = None
+            try:
+                transporter = self._factory()
+                transporter.remove_leftovers()
+            except Exception as error:  # noqa: BLE001 - best effort; reconnects sweep again
+                log.info("Could not sweep leftovers on server %r now (%s); its transporters do when they connect",
+                         self.server, error)
+            finally:
+                if transporter is not None:
+                    transporter.close()
+
+        threading.Thread(target=self._guarded, args=(sweep,), name=f"sweep-{self.server}", daemon=True).start()
+
     @property
     def queued(self) -> int:
         return len(self._queue)
