@@ -20,7 +20,8 @@ from typing import Callable, Iterator, Mapping
 from lxml import etree
 
 from fileconveyor import settings as settings_module
-from fileconveyor.filter import CONDITIONS, Filter, FilterError, parse_ignored_dirs
+from fileconveyor.filter import (CONDITIONS, EXCLUDE, EXCLUDE_CONDITIONS, Filter, FilterError,
+                                 parse_ignored_dirs)
 from fileconveyor.processors.base import (ProcessorNotFound, ProcessorUnavailable,
                                           canonical_processor_name, resolve_processor)
 from fileconveyor.settings import SettingError, Settings
@@ -143,7 +144,8 @@ _SHAPES: dict[str, _Shape] = {
     "rule": _Shape(attributes=("for", "label", "fileDeletionDelayAfterSync"), required_attributes=("for",),
                    children=("filter", "processorChain", "destinations"),
                    required_children=("destinations",)),
-    "filter": _Shape(children=CONDITIONS),
+    "filter": _Shape(children=(*CONDITIONS, EXCLUDE), repeatable=(EXCLUDE,)),
+    EXCLUDE: _Shape(children=EXCLUDE_CONDITIONS),
     "paths": _Shape(has_text=True),
     "extensions": _Shape(has_text=True),
     "ignoredDirs": _Shape(has_text=True),
@@ -544,18 +546,12 @@ class _Loader:
     def _filter(self, element: etree._Element | None, root: str) -> Filter | None:
         if element is None:
             return None
-        conditions: dict[str, object] = {}
         lines: dict[str, int] = {}
-        for child in _elements(element):
-            name = str(child.tag)
-            if name not in CONDITIONS or name in conditions:
-                continue  # reported as structure
-            lines[name] = _line(child)
-            if name == "size":
-                conditions[name] = {"conditionType": _attr(child, "conditionType") or "",
-                                    "treshold": _text(child)}
-            else:
-                conditions[name] = _text(child)
+        conditions = _conditions(element, CONDITIONS, lines, "")
+        exclusions = [_conditions(child, EXCLUDE_CONDITIONS, lines, f"{EXCLUDE}/{index}/")
+                      for index, child in enumerate(element.findall(EXCLUDE))]
+        if exclusions:
+            conditions[EXCLUDE] = exclusions
         if not conditions and any(True for _ in _elements(element)):
             return None  # only unknown children: already reported
         try:
@@ -697,6 +693,26 @@ class _Loader:
         return Config(path=os.path.abspath(self.path), sources=types.MappingProxyType(sources),
                       servers=types.MappingProxyType(servers), rules=rules, ignored_dirs=ignored,
                       settings=settings, warnings=tuple(p for p in self.problems if p.severity == "warning"))
+
+
+def _conditions(element: etree._Element, allowed: tuple[str, ...], lines: dict[str, int],
+                prefix: str) -> dict[str, object]:
+    """The filter conditions among `element`'s children, as Filter takes them; the line of each
+    goes into `lines` under `prefix + name` (and of the element itself under the bare prefix), the
+    keys FilterError.condition uses. Unknown and repeated children are reported as structure."""
+    conditions: dict[str, object] = {}
+    if prefix:
+        lines[prefix.rstrip("/")] = _line(element)
+    for child in _elements(element):
+        name = str(child.tag)
+        if name not in allowed or name in conditions:
+            continue
+        lines[prefix + name] = _line(child)
+        if name == "size":
+            conditions[name] = {"conditionType": _attr(child, "conditionType") or "", "treshold": _text(child)}
+        else:
+            conditions[name] = _text(child)
+    return conditions
 
 
 def _setting_advice(problem: str, valid: frozenset[str]) -> str:

@@ -1,7 +1,10 @@
 """Rule filters: which files of a source a rule applies to.
 
 The conditions are the original File Conveyor's (`paths`, `extensions`, `ignoredDirs`, `pattern`,
-`size`), all of which must hold. Everything here is a pure decision on path strings, except the one
+`size`), all of which must hold. An `<exclude>` inside the filter (original issues #52 and #154) holds
+the same conditions (but `ignoredDirs`, which already excludes) with the same meaning, negated: a
+file that satisfies every condition of any `<exclude>` is left out. So exclusions read like the
+rest of the grammar, instead of the original's only workaround, a negative lookahead in `<pattern>`. Everything here is a pure decision on path strings, except the one
 `stat` the size condition needs, so the arbitrator can evaluate thousands of paths per second and the
 tests need no threads or sleeps.
 
@@ -20,6 +23,10 @@ log = logging.getLogger(__name__)
 
 CONDITIONS: tuple[str, ...] = ("paths", "extensions", "ignoredDirs", "pattern", "size")
 SIZE_TYPES: tuple[str, ...] = ("minimum", "maximum")
+#: The element, inside `<filter>`, whose conditions exclude the files they match; it may repeat.
+EXCLUDE = "exclude"
+#: What an `<exclude>` may hold: the conditions that select files (`ignoredDirs` excludes already).
+EXCLUDE_CONDITIONS: tuple[str, ...] = ("paths", "extensions", "pattern", "size")
 
 # Characters the original refused in list items (`:` separates items, so it never reaches here).
 _PATHS_FORBIDDEN = frozenset('*"[]:;|=,<>')
@@ -31,7 +38,8 @@ class FilterError(ValueError):
     """An invalid filter condition; the message says what to write instead.
 
     `condition` names the offending condition (`paths`, `size`, ...) so that config.xml problems can
-    point at the line of that element; it is None when the conditions as a whole are wrong."""
+    point at the line of that element; it is None when the conditions as a whole are wrong. In the
+    N-th `<exclude>` (from 0) it is `exclude/N/paths`, or `exclude/N` for the exclusion as a whole."""
 
     def __init__(self, message: str, condition: str | None = None) -> None:
         super().__init__(message)
@@ -163,18 +171,21 @@ def _parse_size(value: object) -> tuple[str, int]:
 
 
 class Filter:
-    """The conditions of one rule's `<filter>`, validated once, evaluated per path."""
+    """The conditions of one rule's `<filter>`, validated once, evaluated per path.
+
+    `conditions` maps condition names to their values; `conditions["exclude"]`, if present, is a
+    list of such mappings, one per `<exclude>`."""
 
     def __init__(self, conditions: Mapping[str, object], root: str) -> None:
         if not conditions:
             raise FilterError(
                 "a filter needs at least one condition; write one of "
-                + ", ".join(f"<{name}>" for name in CONDITIONS) + " inside <filter>, or remove <filter>")
-        unknown = sorted(set(conditions) - set(CONDITIONS))
+                + ", ".join(f"<{name}>" for name in (*CONDITIONS, EXCLUDE)) + " inside <filter>, or remove <filter>")
+        unknown = sorted(set(conditions) - set(CONDITIONS) - {EXCLUDE})
         if unknown:
             raise FilterError(
                 f"unknown filter condition <{unknown[0]}>; write one of "
-                + ", ".join(f"<{name}>" for name in CONDITIONS), unknown[0])
+                + ", ".join(f"<{name}>" for name in (*CONDITIONS, EXCLUDE)), unknown[0])
         self.root = _normalise(root)
         self.conditions = dict(conditions)
         self.paths: tuple[str, ...] = ()
@@ -195,16 +206,33 @@ class Filter:
             self.pattern = _parse_pattern(conditions["pattern"])
         if "size" in conditions:
             self.size = _parse_size(conditions["size"])
+        self.exclusions: tuple[Filter, ...] = tuple(
+            _exclusion(index, given, self.root) for index, given in enumerate(_exclude_list(conditions)))
 
     def __repr__(self) -> str:
         return f"Filter({self.conditions!r}, root={self.root!r})"
 
     def matches(self, path: str, is_deleted: bool = False) -> bool:
-        """Do all conditions hold for the absolute `path`? The size condition is skipped for deleted
-        files, and a file that vanished before it could be measured does not match."""
-        if not is_within(self.root, path) or _normalise(path) == self.root:
+        """Do all conditions hold for the absolute `path`, and does no `<exclude>` take it out?
+        The size condition is skipped for deleted files, and a file that vanished before it could
+        be measured does not match. An `<exclude>` with a size condition never excludes a deleted
+        file: its deletion must reach the servers if its last version was synced."""
+        if not self._holds(path, is_deleted):
             return False
-        if self.paths and not any(is_within(d, path) and _normalise(path) != d for d in self.paths):
+        for exclusion in self.exclusions:
+            if is_deleted and exclusion.size is not None:
+                continue
+            if exclusion._holds(path, is_deleted, whole_paths=True):
+                return False
+        return True
+
+    def _holds(self, path: str, is_deleted: bool, whole_paths: bool = False) -> bool:
+        """Do this filter's own conditions hold? `whole_paths`: a `paths` entry also matches the
+        path itself (an exclusion may name a file), not only what is below it."""
+        normalised = _normalise(path)
+        if not is_within(self.root, path) or normalised == self.root:
+            return False
+        if self.paths and not any(is_within(d, path) and (whole_paths or normalised != d) for d in self.paths):
             return False
         if self.extensions and extension_of(path) not in self.extensions:
             return False
@@ -224,6 +252,39 @@ class Filter:
             if condition_type == "maximum" and not size < threshold:
                 return False
         return True
+
+
+def _exclude_list(conditions: Mapping[str, object]) -> list[Mapping[str, object]]:
+    value = conditions.get(EXCLUDE)
+    if value is None:
+        return []
+    items = [value] if isinstance(value, Mapping) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, Mapping) for item in items):
+        raise FilterError("<exclude> must hold conditions, for example <exclude><paths>tmp</paths></exclude>",
+                          EXCLUDE)
+    return list(items)
+
+
+def _exclusion(index: int, conditions: Mapping[str, object], root: str) -> Filter:
+    """The N-th `<exclude>` as a Filter of its own; its errors say they are in an exclusion."""
+    where = f"{EXCLUDE}/{index}"
+    listing = ", ".join(f"<{name}>" for name in EXCLUDE_CONDITIONS)
+    if not conditions:
+        raise FilterError(f"<exclude> is empty; write at least one of {listing} inside it, for example "
+                          "<exclude><paths>tmp:cache</paths></exclude>, or remove it", where)
+    if "ignoredDirs" in conditions:
+        raise FilterError("<ignoredDirs> is not allowed in <exclude> (it already excludes); move it into "
+                          "<filter>, or write <paths> to exclude directories relative to scanPath",
+                          f"{where}/ignoredDirs")
+    unknown = sorted(set(conditions) - set(EXCLUDE_CONDITIONS))
+    if unknown:
+        raise FilterError(f"<{unknown[0]}> is not allowed in <exclude>; write one of {listing}",
+                          f"{where}/{unknown[0]}")
+    try:
+        return Filter(conditions, root)
+    except FilterError as error:
+        inner = f"{where}/{error.condition}" if error.condition else where
+        raise FilterError(f"in <exclude>: {error}", inner) from None
 
 
 def parse_ignored_dirs(value: str) -> frozenset[str]:
