@@ -298,7 +298,7 @@ class World:
 
     def failed(self) -> list[tuple[Any, ...]]:
         return query(self.setup.db("persistent_data.db"),
-                     "SELECT input_file, kind, reason FROM failed_files_list LIMIT 10")
+                     "SELECT input_file, kind, reason FROM failed_files_list ORDER BY input_file LIMIT 10")
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """(input_file, server, url, transported_file_basename) of every synced_files row."""
