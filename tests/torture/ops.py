@@ -24,6 +24,10 @@ from typing import Callable
 from tests.torture.model import OUTBOX, PINNED, Node, SourceModel, extension, is_within, render_css
 
 EXTENSIONS = ("txt", "txt", "png", "png", "css", "bin")
+#: Name parts that URLs and stylesheets must survive (issue 7, item 16): `;` and `'` break CSS and
+#: HTML attributes unless encoded, multibyte names are cut by bytes. Never `#`, `?` or `%`: in a
+#: stylesheet those start a fragment, a query or an escape, so the reference would mean another file.
+AWKWARD = ("with space", "semi;colon", "quote'd", "\u00fcn\u00efc\u00f8d\u00e9-\u4e2d\u6587", "plus+sign")
 SIZES = (0, 1, 100, 3000, 20000)
 
 
@@ -65,7 +69,10 @@ class Operations:
 
     def _name(self, prefix: str, ext: str | None = None) -> str:
         self.counter += 1
-        return f"{prefix}{self.counter}" + (f".{ext}" if ext else "")
+        stem = f"{prefix}{self.counter}"
+        if ext and self.rng.random() < 0.12:
+            stem += "-" + self.rng.choice(AWKWARD)
+        return stem + (f".{ext}" if ext else "")
 
     def _in_outbox(self, path: str) -> bool:
         source = self.model.source_of(path)
