@@ -588,6 +588,32 @@ class TransporterConformance:
             transporter.upload(str(tmp_path / "was-a-dir" / "f.txt"), "y.txt")
         assert harness.list() == []
 
+    def test_a_fifo_in_place_of_the_file_is_never_opened(self, harness: RemoteHarness,
+                                                         transporter: Transporter,
+                                                         tmp_path: pathlib.Path) -> None:
+        # Issue 7 item 8: a FIFO swapped in for the file blocked the transfer thread in open()
+        # for ever (and with it `stop`). It is refused at once: the regular file is gone.
+        fifo = str(tmp_path / "pipe.css")
+        os.mkfifo(fifo)
+        outcome: list[BaseException | str] = []
+
+        def upload() -> None:
+            try:
+                outcome.append(transporter.upload(fifo, "pipe.css"))
+            except BaseException as error:  # noqa: BLE001 - handed to the test
+                outcome.append(error)
+
+        thread = threading.Thread(target=upload, name="fifo-upload", daemon=True)
+        thread.start()
+        thread.join(30)
+        if thread.is_alive():
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # release the blocked reader
+            thread.join(30)
+            pytest.fail("upload() blocked on a FIFO")
+        assert isinstance(outcome[0], SourceVanishedError), outcome[0]
+        assert "FIFO" in str(outcome[0])
+        assert harness.list() == []
+
     def test_probe_succeeds(self, transporter: Transporter) -> None:
         transporter.probe()
 
