@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import email.utils
 import errno
 import importlib
+import mimetypes
 import posixpath
 import re
 import secrets
 import types
 import urllib.parse
-from typing import BinaryIO, ClassVar, Mapping
+from typing import BinaryIO, Callable, ClassVar, Mapping
 
 from fileconveyor import localfile
 from fileconveyor.filter import is_within
@@ -95,6 +97,83 @@ class TransporterContext:
     allow_unsafe_links: bool = False
     #: Seconds for any single network operation.
     timeout: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectOptions:
+    """What one uploaded object carries beyond its bytes, where it differs from the server's
+    settings: from its destination (`<destination server="s3"><acl>private</acl></destination>`,
+    original issue #159) and from the processor that made the file (the Content-Type and
+    Content-Encoding of a pre-compressed copy, original issue #3).
+
+    Only transporters that store HTTP metadata with an object apply them (`object_settings` names
+    the settings a destination may override); to one that stores plain files (SFTP, FTP, a local
+    web root) they mean nothing, as the web server in front decides the headers, so they are
+    dropped there (`Transporter.upload_object`)."""
+
+    #: (setting name, value) pairs that override the server's settings of the same name for this
+    #: object (`acl`, `cache_control`, ...); an empty value means "none" (no ACL, no such header).
+    settings: tuple[tuple[str, str], ...] = ()
+    #: A file name whose Content-Type the object gets instead of its own name's (a pre-compressed
+    #: `app.css.gz` is typed as `app.css`); each transporter guesses types in its own way.
+    typed_as: str | None = None
+    #: The Content-Encoding to send (`gzip`, `br`): the bytes are the encoded form of a file of
+    #: `content_type`.
+    content_encoding: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.settings or self.typed_as or self.content_encoding)
+
+    def setting(self, name: str, default: str | None) -> str | None:
+        """The destination's value of setting `name`, stripped ("" when it is set empty: no such
+        header), or `default` when the destination does not set it."""
+        for key, value in self.settings:
+            if key == name:
+                return value.strip()
+        return default
+
+    def merged(self, other: "ObjectOptions | None") -> "ObjectOptions":
+        """These options, with `other`'s where it sets any."""
+        if not other:
+            return self
+        settings = dict(self.settings)
+        settings.update(other.settings)
+        return ObjectOptions(tuple(sorted(settings.items())), other.typed_as or self.typed_as,
+                             other.content_encoding or self.content_encoding)
+
+
+def content_type_for(name: str) -> str:
+    """Content-Type from the file name, with a charset for text-like types.
+
+    The one guess of every transporter that sends a Content-Type. A compressed name (`app.css.gz`)
+    gets the compression's type, not the inner one: a Content-Encoding is never guessed from a
+    name (a `.tar.gz` download must stay compressed), and gzip bytes served as text/css without
+    one break pages. A pre-compressed copy made by a processor says what it is in ObjectOptions."""
+    guessed, encoding = mimetypes.guess_type(name, strict=False)
+    if encoding:
+        return {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
+                "xz": "application/x-xz", "br": "application/x-brotli",
+                "compress": "application/x-compress"}.get(encoding, "application/octet-stream")
+    if not guessed:
+        return "application/octet-stream"
+    if (guessed.startswith("text/") or guessed.endswith(("+xml", "+json"))
+            or guessed in ("application/javascript", "application/x-javascript",
+                           "application/json", "application/xml", "image/svg+xml",
+                           "application/ecmascript", "application/manifest+json")):
+        return f"{guessed}; charset=utf-8"
+    return guessed
+
+
+def http_date_problems(settings: Mapping[str, str], name: str) -> list[str]:
+    """The problem with setting `name` if it is neither empty nor an HTTP date (for `check_settings`)."""
+    value = (settings.get(name) or "").strip()
+    if value:
+        try:
+            email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return [f"<{name}> {value!r} is not an HTTP date such as 'Tue, 20 Jan 2037 03:00:00 GMT' "
+                    "(or leave it empty)"]
+    return []
 
 
 def normalize_remote_path(remote_path: str) -> str:
@@ -238,6 +317,13 @@ class Transporter(abc.ABC):
     #: Defaults for optional settings (as text, like values from config.xml).
     default_settings: ClassVar[Mapping[str, str]] = {}
 
+    #: Settings that a `<destination>` may set for its own objects, overriding the server's (an
+    #: ACL, Cache-Control): see ObjectOptions. Empty: this transporter stores plain files.
+    object_settings: ClassVar[frozenset[str]] = frozenset()
+    #: Does `upload` take ObjectOptions as its third argument (objects carry HTTP metadata:
+    #: Content-Type, Content-Encoding, ...)?
+    keeps_object_metadata: ClassVar[bool] = False
+
     # Capability flags (rclone's fs.Features): the pipeline only calls what is declared.
     can_move: ClassVar[bool] = False
     can_resume_multipart: ClassVar[bool] = False
@@ -278,6 +364,15 @@ class Transporter(abc.ABC):
     def upload(self, local_path: str, remote_path: str) -> str:
         """Put the file at `local_path` at `remote_path` (atomically where the protocol allows) and
         return its permanent, absolute, unsigned URL."""
+
+    def upload_object(self, local_path: str, remote_path: str, options: ObjectOptions | None) -> str:
+        """`upload`, with the object's own options (the pipeline calls this). A transporter that
+        keeps HTTP metadata takes them as `upload(local_path, remote_path, options)`; to one
+        that stores plain files they mean nothing and are dropped."""
+        if not options or not self.keeps_object_metadata:
+            return self.upload(local_path, remote_path)
+        upload_with_options: Callable[[str, str, ObjectOptions], str] = self.upload  # type: ignore[assignment]
+        return upload_with_options(local_path, remote_path, options)
 
     @abc.abstractmethod
     def delete(self, remote_path: str) -> None:

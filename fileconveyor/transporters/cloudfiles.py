@@ -24,12 +24,17 @@ Protocol notes this module is shaped by:
   request for one object (swiftclient has already re-authenticated once) pauses the server only
   if authenticating fails too; otherwise only that object is refused (PermanentError). A missing
   container that these credentials may not create is a ConfigurationError.
+* **Headers.** Content-Type from the name (`base.content_type_for`, as S3: a `.gz` name is sent
+  as gzip, never as the inner type without an encoding); `cache_control` and `expires` (none by
+  default), which a destination may set for its own objects (original issue #159); a
+  pre-compressed copy goes up with the Content-Type of the file it compresses and its
+  Content-Encoding. Swift has no per-object ACL (read access is the container's), so a
+  destination cannot make single objects private: give private files a container of their own.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import mimetypes
 import urllib.parse
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
@@ -39,12 +44,15 @@ from swiftclient.exceptions import ClientException
 
 from fileconveyor.transporters.base import (
     ConfigurationError,
+    ObjectOptions,
     PermanentError,
     RetryableError,
     ServerUnavailableError,
     Transporter,
     TransporterContext,
     TransporterError,
+    content_type_for,
+    http_date_problems,
     join_url,
     normalize_remote_path,
     open_local_file,
@@ -97,9 +105,11 @@ class CloudFilesTransporter(Transporter):
     valid_settings = frozenset({
         "username", "api_key", "container", "auth_url", "auth_version", "tenant_name",
         "project_name", "user_domain_name", "project_domain_name", "region", "url_base",
-        "public",
+        "public", "cache_control", "expires",
     })
     required_settings = frozenset({"username", "api_key", "container"})
+    object_settings = frozenset({"cache_control", "expires"})
+    keeps_object_metadata = True
     default_settings: ClassVar[Mapping[str, str]] = {
         "auth_url": RACKSPACE_AUTH_URL, "auth_version": "1", "public": "false",
     }
@@ -125,7 +135,20 @@ class CloudFilesTransporter(Transporter):
             problems.append(f"<public> must be true or false, not {public!r}")
         if "/" in settings.get("container", ""):
             problems.append("<container> is a container name and cannot contain '/'")
-        return problems
+        return problems + http_date_problems(settings, "expires")
+
+    def _headers(self, relative: str, options: ObjectOptions | None) -> dict[str, str]:
+        """Content-Type and the other headers of the object: the server's settings, overridden
+        by the destination's and by what the processor said the file is."""
+        options = options or ObjectOptions()
+        headers = {"Content-Type": content_type_for(options.typed_as or relative)}
+        if options.content_encoding:
+            headers["Content-Encoding"] = options.content_encoding
+        for setting, header in (("cache_control", "Cache-Control"), ("expires", "Expires")):
+            value = options.setting(setting, (self.settings.get(setting) or "").strip())
+            if value:
+                headers[header] = value
+        return headers
 
     @property
     def container(self) -> str:
@@ -246,16 +269,14 @@ class CloudFilesTransporter(Transporter):
 
     # -- operations --------------------------------------------------------------------------------
 
-    def upload(self, local_path: str, remote_path: str) -> str:
+    def upload(self, local_path: str, remote_path: str, options: ObjectOptions | None = None) -> str:
         relative = normalize_remote_path(remote_path)
+        headers = self._headers(relative, options)
         with open_local_file(local_path, self.source_root_for(local_path)) as local:
             md5 = hashlib.md5(usedforsecurity=False)
             for block in iter(lambda: local.read(_HASH_BLOCK), b""):
                 md5.update(block)
             size = local.tell()
-            content_type = mimetypes.guess_type(relative)[0] or "application/octet-stream"
-            if content_type.startswith("text/"):
-                content_type += "; charset=utf-8"
 
             def put(conn: swiftclient.client.Connection) -> None:
                 for attempt in (1, 2):
@@ -264,7 +285,7 @@ class CloudFilesTransporter(Transporter):
                     try:
                         conn.put_object(self.container, relative, contents=local,
                                         content_length=size, etag=md5.hexdigest(),
-                                        content_type=content_type)
+                                        content_type=headers["Content-Type"], headers=headers)
                         return
                     except ClientException as error:
                         if error.http_status != 404 or attempt == 2:

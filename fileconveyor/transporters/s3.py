@@ -44,6 +44,10 @@ Why it is shaped this way:
 * **Headers**: Content-Type from the name (`mimetypes`), with `; charset=utf-8` for text, JS,
   JSON, XML and SVG; the original's far-future `Cache-Control` and `Expires` by default (an empty
   setting sends none); no ACL unless `acl` is set (`public-read` is the original's behaviour).
+  A destination may set its own `acl`, `cache_control`, `expires` and `storage_class`
+  (`ObjectOptions`, original issue #159: private files beside public ones on one bucket), and a
+  pre-compressed copy (`name.css.gz`) goes up with the Content-Type of `name.css` and its
+  Content-Encoding.
 """
 from __future__ import annotations
 
@@ -54,7 +58,6 @@ import dataclasses
 import email.utils
 import hashlib
 import logging
-import mimetypes
 import os
 import re
 import sqlite3
@@ -73,6 +76,7 @@ import botocore.session
 from fileconveyor.localfile import open_regular_fd
 from fileconveyor.transporters.base import (
     ConfigurationError,
+    ObjectOptions,
     PermanentError,
     RetryableError,
     ServerUnavailableError,
@@ -80,6 +84,8 @@ from fileconveyor.transporters.base import (
     Transporter,
     TransporterContext,
     TransporterError,
+    content_type_for,
+    http_date_problems,
     join_url,
     local_file_error,
     normalize_remote_path,
@@ -150,27 +156,6 @@ def parse_bool(text: str) -> bool:
     if value in ("false", "no", "0", "off"):
         return False
     raise ValueError(f"{text!r} is not a boolean (write true or false)")
-
-
-def content_type_for(name: str) -> str:
-    """Content-Type from the file name, with a charset for text-like types.
-
-    A compressed name (`app.css.gz`) gets the compression's type, not the inner one: without a
-    Content-Encoding (which this transporter does not guess) serving gzip bytes as text/css breaks
-    pages."""
-    guessed, encoding = mimetypes.guess_type(name, strict=False)
-    if encoding:
-        return {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
-                "xz": "application/x-xz", "br": "application/x-brotli",
-                "compress": "application/x-compress"}.get(encoding, "application/octet-stream")
-    if not guessed:
-        return "application/octet-stream"
-    if (guessed.startswith("text/") or guessed.endswith(("+xml", "+json"))
-            or guessed in ("application/javascript", "application/x-javascript",
-                           "application/json", "application/xml", "image/svg+xml",
-                           "application/ecmascript", "application/manifest+json")):
-        return f"{guessed}; charset=utf-8"
-    return guessed
 
 
 def _error_code(error: botocore.exceptions.ClientError) -> tuple[str, int]:
@@ -454,6 +439,8 @@ class S3Transporter(Transporter):
         "multipart_threshold", "multipart_chunksize", "multipart_concurrency",
     })
     required_settings = frozenset({"bucket_name"})
+    object_settings = frozenset({"acl", "cache_control", "expires", "storage_class"})
+    keeps_object_metadata = True
     default_settings: ClassVar[Mapping[str, str]] = {
         "bucket_prefix": "",
         "acl": "",
@@ -528,13 +515,7 @@ class S3Transporter(Transporter):
                                 "https://cdn.example.com")
         if (merged.get("url_scheme") or "").strip() not in ("http", "https"):
             problems.append("<url_scheme> must be http or https")
-        expires = (merged.get("expires") or "").strip()
-        if expires:
-            try:
-                email.utils.parsedate_to_datetime(expires)
-            except (TypeError, ValueError):
-                problems.append(f"<expires> {expires!r} is not an HTTP date such as "
-                                "'Tue, 20 Jan 2037 03:00:00 GMT' (or leave it empty)")
+        problems += http_date_problems(merged, "expires")
         sizes: dict[str, int] = {}
         for name in ("multipart_threshold", "multipart_chunksize"):
             try:
@@ -714,8 +695,9 @@ class S3Transporter(Transporter):
         self._call(f"deleting {key!r}", client.delete_object, Bucket=self.bucket, Key=key)
         logger.debug("deleted s3://%s/%s", self.bucket, key)
 
-    def upload(self, local_path: str, remote_path: str) -> str:
+    def upload(self, local_path: str, remote_path: str, options: ObjectOptions | None = None) -> str:
         key = normalize_remote_path(remote_path)
+        arguments = self._object_arguments(key, options)
         try:
             stat = os.stat(local_path)
         except OSError as error:
@@ -723,26 +705,37 @@ class S3Transporter(Transporter):
         self._connect()
         self._cleanup_stale_uploads()
         if stat.st_size >= self.multipart_threshold:
-            self._upload_multipart(local_path, key, stat.st_size, stat.st_mtime_ns)
+            self._upload_multipart(local_path, key, stat.st_size, stat.st_mtime_ns, arguments)
         else:
-            self._upload_single(local_path, key)
+            self._upload_single(local_path, key, arguments)
         logger.debug("uploaded %s to s3://%s/%s", local_path, self.bucket, key)
         return self.url_for(key)
 
-    def _object_arguments(self, key: str) -> dict[str, Any]:
+    def _object_arguments(self, key: str, options: ObjectOptions | None = None) -> dict[str, Any]:
+        """Bucket, key and metadata of the object: the server's settings, overridden by the
+        destination's and by what the processor said the file is (`options`)."""
+        options = options or ObjectOptions()
         arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": key,
-                                     "ContentType": content_type_for(key)}
-        if self.cache_control:
-            arguments["CacheControl"] = self.cache_control
-        if self.expires:
-            arguments["Expires"] = self.expires
-        if self.acl:
-            arguments["ACL"] = self.acl
-        if self.storage_class:
-            arguments["StorageClass"] = self.storage_class
+                                     "ContentType": content_type_for(options.typed_as or key)}
+        if options.content_encoding:
+            arguments["ContentEncoding"] = options.content_encoding
+        cache_control = options.setting("cache_control", self.cache_control)
+        if cache_control:
+            arguments["CacheControl"] = cache_control
+        expires = options.setting("expires", None)
+        expires_at = self.expires if expires is None else (
+            email.utils.parsedate_to_datetime(expires) if expires else None)
+        if expires_at:
+            arguments["Expires"] = expires_at
+        acl = options.setting("acl", self.acl)
+        if acl:
+            arguments["ACL"] = acl
+        storage_class = options.setting("storage_class", self.storage_class)
+        if storage_class:
+            arguments["StorageClass"] = storage_class
         return arguments
 
-    def _upload_single(self, local_path: str, key: str) -> None:
+    def _upload_single(self, local_path: str, key: str, arguments: Mapping[str, Any]) -> None:
         # Below the threshold (at most 5 GiB). Up to IN_MEMORY_MAX: one read, sent from memory.
         # Above: hashed in one pass, then streamed from the file; the object is the bytes the
         # hashing pass read (a file still growing is sent up to there).
@@ -761,7 +754,7 @@ class S3Transporter(Transporter):
                 md5_b64, _digest, length = FileRange(fd, 0, MAX_PART_SIZE, what).md5()
                 body = FileRange(fd, 0, length, what)
             self._call(what, self._connect().put_object, Body=body, ContentMD5=md5_b64,
-                       ContentLength=length, **self._object_arguments(key))
+                       ContentLength=length, **arguments)
         except OSError as error:
             raise RetryableError(f"cannot read {local_path!r}: {error}") from error
         finally:
@@ -776,7 +769,8 @@ class S3Transporter(Transporter):
             part_size = -(-(-(-size // MAX_PARTS)) // MiB) * MiB
         return part_size
 
-    def _upload_multipart(self, local_path: str, key: str, size: int, mtime_ns: int) -> None:
+    def _upload_multipart(self, local_path: str, key: str, size: int, mtime_ns: int,
+                          arguments: Mapping[str, Any]) -> None:
         client = self._connect()
         checkpoints = self.checkpoints
         part_size = self.part_size_for(size)
@@ -810,8 +804,7 @@ class S3Transporter(Transporter):
                             local_path)
                 self._abort(key, old_id)
         if upload_id is None:
-            created = self._call(what, client.create_multipart_upload,
-                                 **self._object_arguments(key))
+            created = self._call(what, client.create_multipart_upload, **arguments)
             upload_id = str(created["UploadId"])
             checkpoints.start(self.bucket, key, local_path, size, mtime_ns, part_size, upload_id)
 

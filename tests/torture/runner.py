@@ -116,8 +116,8 @@ class Runner:
         self.world = World(self.servers, self.world_index)
         rng = random.Random(f"{self.seed}:{round_}:world")
         self.ops = Operations(self.world.model, self.world.staging, self.world.outside_file, rng)
-        done = [self.ops.step(("create", "mkdir_p", "symlink_inside", "hardlink", "create"))
-                for _ in range(INITIAL_OPERATIONS)]
+        kinds = tuple(k for k in ("create", "mkdir_p", "symlink_inside", "hardlink") if k in self.kinds)
+        done = [self.ops.step(kinds or ("create",)) for _ in range(INITIAL_OPERATIONS)]
         self.world.start_daemon()
         return ["(new world, before the daemon's first start)"] + done
 
