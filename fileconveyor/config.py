@@ -25,7 +25,7 @@ from fileconveyor.filter import (CONDITIONS, EXCLUDE, EXCLUDE_CONDITIONS, Filter
 from fileconveyor.processors.base import (ProcessorNotFound, ProcessorUnavailable,
                                           canonical_processor_name, resolve_processor)
 from fileconveyor.settings import SettingError, Settings
-from fileconveyor.transporters.base import (TransporterNotFound, canonical_transporter_name,
+from fileconveyor.transporters.base import (ObjectOptions, TransporterNotFound, canonical_transporter_name,
                                             resolve_transporter)
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,14 @@ class Destination:
     #: Parent directory on the server ("" when absent), without leading or trailing slashes.
     path: str
     line: int = 0
+    #: The destination's own object settings (`<acl>`, `<cache_control>`, ...: original issue
+    #: #159), overriding the server's for the objects this destination uploads; sorted pairs.
+    object_settings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def options(self) -> ObjectOptions:
+        """What every upload to this destination carries (see transporters.base.ObjectOptions)."""
+        return ObjectOptions(self.object_settings)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +163,8 @@ _SHAPES: dict[str, _Shape] = {
     "processor": _Shape(attributes=("name",), required_attributes=("name",)),
     "destinations": _Shape(children=("destination",), required_children=("destination",),
                            repeatable=("destination",)),
-    "destination": _Shape(attributes=("server", "path"), required_attributes=("server",)),
+    # Children: the destination's own object settings, checked against its server's transporter.
+    "destination": _Shape(attributes=("server", "path"), required_attributes=("server",), children=None),
     "settings": _Shape(children=None),
 }
 
@@ -600,6 +609,7 @@ class _Loader:
                 self.error(child, f"destination server {server!r} is not defined in <servers>; "
                                   + _did_you_mean(server, sorted(servers), "servers"))
             path = self._destination_path(child)
+            object_settings = self._object_settings(child, servers.get(server))
             for other in destinations:
                 if other.server == server:
                     self.error(child, f"this rule sends to server {server!r} twice (the other destination "
@@ -607,8 +617,42 @@ class _Loader:
                                       "per rule, or make a second rule")
                     break
             else:
-                destinations.append(Destination(server, path, _line(child)))
+                destinations.append(Destination(server, path, _line(child), object_settings))
         return tuple(destinations)
+
+    def _object_settings(self, element: etree._Element, server: Server | None) -> tuple[tuple[str, str], ...]:
+        """The destination's own object settings (child elements), checked against what its
+        server's transporter takes per destination and with the transporter's own value checks."""
+        given = {str(child.tag): child for child in _elements(element)}
+        if not given or server is None:
+            return ()
+        try:
+            cls = resolve_transporter(server.transporter)
+        except Exception:  # noqa: BLE001 - reported on the <server> already
+            return ()
+        settings: dict[str, str] = {}
+        for name, child in given.items():
+            if name in cls.object_settings:
+                settings[name] = _text(child)
+            elif not cls.object_settings:
+                self.error(child, f"<{name}>: server {server.name!r} ({server.transporter}) stores plain files, so "
+                                  "a destination cannot set headers or an ACL there (the web server in front "
+                                  "decides them); remove it")
+            else:
+                allowed = sorted(cls.object_settings)
+                where = " (it is a setting of the whole <server>)" if name in cls.valid_settings else ""
+                self.error(child, f"<{name}> cannot be set per destination of server {server.name!r}{where}; "
+                                  + _did_you_mean(name, allowed, f"settings a {server.transporter} destination takes"))
+        if settings:
+            try:
+                problems = cls.check_settings({**server.settings, **settings})
+            except Exception as error:  # noqa: BLE001 - a broken third-party check must not crash
+                problems = [f"the settings could not be checked ({type(error).__name__}: {error})"]
+            for problem in problems:
+                mentioned = [key for key in re.findall(r"<([^<>\s/]+)>", problem) if key in settings]
+                if mentioned:
+                    self.error(given[mentioned[0]], f"destination on server {server.name!r}: {problem}")
+        return tuple(sorted(settings.items()))
 
     def _destination_path(self, element: etree._Element) -> str:
         value = _attr(element, "path") or ""

@@ -297,7 +297,8 @@ class Trip:
                 self._planned[(server, remote)] = planned
             intents.append((self.path, server, remote))
             tasks.append((server, TransportTask("upload", remote, output,
-                                                functools.partial(self._uploaded, planned))))
+                                                functools.partial(self._uploaded, planned),
+                                                destination.options or None)))
 
     def _uploaded(self, planned: PlannedUpload, url: str | None, error: TransporterError | None) -> None:
         if isinstance(error, SourceVanishedError) and self._source_vanished():

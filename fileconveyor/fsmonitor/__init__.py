@@ -44,12 +44,15 @@ def get_monitor(
     ignored_dirs: Iterable[str] = (),
     on_crash: CrashCallback | None = None,
     poll_interval: float = 10.0,
+    excluded: Iterable[str] = (),
 ) -> Monitor:
     """Create the monitor named by FSMONITOR_BACKEND: "auto", "inotify", "fsevents" or "polling".
 
     "auto" takes the platform's native backend and falls back to polling (with a WARNING saying
     why) when it is unsupported or its package cannot be imported. An explicit native backend that
     cannot be loaded is a MonitorError: the user asked for it, silently polling would hide that.
+    `excluded`: paths the daemon writes itself (local destinations, WORKING_DIR, its state files;
+    `fileconveyor.config.written_by_daemon`), never reported nor descended.
     """
     if backend not in ("auto", *BACKENDS):
         raise MonitorError(f"Unknown monitor backend {backend!r}: write auto, inotify, fsevents or polling")
@@ -81,5 +84,7 @@ def get_monitor(
             chosen, cls = "polling", _load("polling")
     log.info("File system monitor: %s", chosen)
     if chosen == "polling":
-        return cls(callback, index_path, ignored_dirs, on_crash, interval=poll_interval)  # type: ignore[call-arg]
-    return cls(callback, index_path, ignored_dirs, on_crash, poll_interval=poll_interval)  # type: ignore[call-arg]
+        return cls(callback, index_path, ignored_dirs, on_crash, interval=poll_interval,  # type: ignore[call-arg]
+                   excluded=excluded)
+    return cls(callback, index_path, ignored_dirs, on_crash, poll_interval=poll_interval,  # type: ignore[call-arg]
+               excluded=excluded)

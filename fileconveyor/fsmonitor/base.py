@@ -10,6 +10,15 @@ Threading model (written once, here): a backend owns one thread that runs `_run(
 event and joins it. Any exception escaping `_run()` is reported through `on_crash` rather than
 killing the thread silently (the original's monitor died on vanished files and kept the daemon
 running deaf: original issues #94, #141, #143).
+
+A tree is never given up on: a root that is missing, unreadable, unmounted or replaced (deleted and
+re-created, its symlink re-pointed) and a directory that cannot be listed are re-checked every few
+seconds and scanned again when usable, and `runtime_status()` says what is not watched and why (the
+original stopped watching such trees until a restart, silently). A root given as a symlink is
+watched through its target, but every path reported (and stored in the index) keeps the configured
+prefix, the one the rules and `synced_files.input_file` use. `excluded` paths (what the daemon itself
+writes: a local destination, its working directory, its state) are never reported nor descended,
+so a destination inside a watched tree cannot feed itself.
 """
 from __future__ import annotations
 
@@ -18,7 +27,7 @@ import dataclasses
 import enum
 import logging
 import threading
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,11 @@ class MonitorError(Exception):
     """A tree cannot be watched; the message says why and what to do."""
 
 
+#: How many unwatched paths `runtime_status()` lists (thousands of unreadable directories must not
+#: bloat the status file); `unwatched_count` gives the total.
+UNWATCHED_SHOWN = 100
+
+
 class Monitor(abc.ABC):
     """Watches trees and reports file events through one callback.
 
@@ -70,15 +84,22 @@ class Monitor(abc.ABC):
         index_path: str,
         ignored_dirs: Iterable[str] = (),
         on_crash: CrashCallback | None = None,
+        excluded: Iterable[str] = (),
     ) -> None:
         self.callback = callback
         self.index_path = index_path
         self.ignored_dirs = frozenset(ignored_dirs)
         self.on_crash = on_crash
+        #: Absolute paths (directories or files) never reported nor descended, wherever they lie.
+        self.excluded = frozenset(excluded)
 
     @abc.abstractmethod
     def add_tree(self, path: str) -> None:
-        """Watch `path` recursively and report what changed since the index last saw it."""
+        """Watch `path` recursively and report what changed since the index last saw it.
+
+        A root that does not exist (yet), cannot be read or is not a directory is not an error:
+        it is listed by `runtime_status()` with the reason and watched once it becomes usable.
+        Raises MonitorError only for a path that can never be watched (not valid UTF-8)."""
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -98,6 +119,22 @@ class Monitor(abc.ABC):
     def is_idle(self) -> bool:
         """True when no scan is running and no event is waiting to be delivered (used by tests)."""
         return True
+
+    def runtime_status(self) -> dict[str, Any]:
+        """What `fileconveyor status` shows about the monitor; JSON-serialisable, safe to call from
+        any thread. Keys:
+
+        * `monitor` (backend name), `native` (False for polling);
+        * `polled_trees`: trees polled because the native watch failed (inotify watch limit);
+        * `overflows`: event queue overflows so far (each caused a rescan);
+        * `unwatched`: trees and directories not watched now, each `{"path", "kind" ("tree" or
+          "directory"), "reason", "since" (epoch seconds)}`, at most `UNWATCHED_SHOWN` of them,
+          and `unwatched_count`, how many there are in all;
+        * `resolved_roots`: root as configured -> the directory watched, for roots that are symlinks;
+        * `excluded`: paths inside watched trees that are never reported (the daemon's own output).
+        """
+        return {"monitor": self.name, "native": self.is_native, "polled_trees": [], "overflows": 0,
+                "unwatched": [], "unwatched_count": 0, "resolved_roots": {}, "excluded": []}
 
 
 class MonitorThread(threading.Thread):

@@ -17,16 +17,25 @@ events for the pipeline and the index ops that record what it saw. This module
   when it processes it, so the waiting event already covers the newer content);
 * applies backpressure: `report()` blocks while `max_pending` events wait, so a stuck pipeline
   makes the inotify reader fall behind, the kernel queue overflows, and the overflow rescan
-  recovers everything, instead of memory growing without bound.
+  recovers everything, instead of memory growing without bound;
+* keeps what is not watched and why (`_unwatched`): a root checked before each scan (missing, not
+  a directory, unmounted) and every directory a scan could not list; `recheck()`, run by each
+  backend every `recheck_interval` seconds, finds roots that came back or were replaced and
+  directories to try again, and a successful scan clears them. A root that was a mount point and
+  is not one any more is "unmounted": its empty mount point is not scanned (that would read as
+  every file deleted) until something is mounted there again.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
+import errno
 import logging
 import os
+import stat as statmod
 import threading
 import time
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from fileconveyor.fsmonitor.base import (
     CrashCallback,
@@ -36,6 +45,7 @@ from fileconveyor.fsmonitor.base import (
     Monitor,
     MonitorError,
     MonitorThread,
+    UNWATCHED_SHOWN,
 )
 from fileconveyor.fsmonitor.pathscanner import (
     Entry,
@@ -54,6 +64,24 @@ log = logging.getLogger(__name__)
 _SeqOp = tuple[Key, "Entry | None", int]
 
 
+@dataclasses.dataclass(frozen=True)
+class RootState:
+    """What a watched root was when it was last watched: a change means it was replaced."""
+
+    resolved: str
+    dev: int
+    ino: int
+    is_mount: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Unwatched:
+    path: str
+    is_tree: bool
+    reason: str
+    since: float
+
+
 class TreeMonitor(Monitor):
     """Shared implementation of the Monitor contract; subclasses provide `_run` and `_backend_idle`."""
 
@@ -68,8 +96,10 @@ class TreeMonitor(Monitor):
         batch_latency: float = 0.05,
         max_pending: int = 10_000,
         scandir: Scandir = os.scandir,
+        excluded: Iterable[str] = (),
+        recheck_interval: float = 5.0,
     ) -> None:
-        super().__init__(callback, index_path, ignored_dirs, on_crash)
+        super().__init__(callback, index_path, ignored_dirs, on_crash, excluded)
         self.scanner = PathScanner(index_path)
         self.names = UndecodableNames()
         self.trees: list[str] = []
@@ -93,6 +123,21 @@ class TreeMonitor(Monitor):
         self._lock = threading.Lock()
         #: Trees (or directories) the backend thread is to scan: added trees and rescans.
         self._requests: list[str] = []
+        #: How many times events were lost and every tree rescanned (inotify's queue overflow).
+        self.overflows = 0
+        #: Trees polled although the backend is native (inotify's watch limit), with the time
+        #: of their next pass.
+        self.polled_trees: dict[str, float] = {}
+        self.recheck_interval = recheck_interval
+        self._next_recheck = time.monotonic() + recheck_interval
+        #: Each watched root as it was when last watched (kept while it is not watched: its
+        #: `is_mount` tells an unmounted tree from a deleted one).
+        self._root_states: dict[str, RootState] = {}
+        #: Roots and directories not watched now, by path (under `_lock`: status reads it).
+        self._unwatched: dict[str, Unwatched] = {}
+        #: Unwatched paths (re)noted by the scan that is running (backend thread only).
+        self._noted: set[str] = set()
+        self._excluded_here: frozenset[str] = frozenset()
 
     def add_tree(self, path: str) -> None:
         root = self._check_tree(path)
@@ -101,6 +146,7 @@ class TreeMonitor(Monitor):
         with self._lock:
             self.trees.append(root)
             self._requests.append(root)
+        self._update_exclusions()
         log.info("Watching %s with the %s monitor", root, self.name)
         self._wake()
 
@@ -124,14 +170,145 @@ class TreeMonitor(Monitor):
             root.encode("utf-8")
         except UnicodeEncodeError:
             raise MonitorError(f"Cannot watch {root!r}: the path is not valid UTF-8") from None
-        if not os.path.isdir(root):
-            raise MonitorError(f"Cannot watch {root}: it is not a directory (or does not exist)")
         for tree in self.trees:
             if tree == root:
                 return None
             if is_below(root, tree) or is_below(tree, root):
                 log.warning("Watched trees %s and %s overlap; files in both are reported twice", tree, root)
         return root
+
+    def _update_exclusions(self) -> None:
+        """`excluded` as paths under the configured roots: each excluded path (as given and
+        resolved) that lies below a root (as configured or resolved) is named with the root's
+        configured prefix, the one scans and events use."""
+        here: set[str] = set()
+        for given in self.excluded:
+            for path in {os.path.abspath(given), os.path.realpath(given)}:
+                for tree in list(self.trees):
+                    state = self._root_states.get(tree)
+                    for prefix in {tree, state.resolved if state else os.path.realpath(tree)}:
+                        if is_below(path, prefix):
+                            here.add(tree + path[len(prefix):])
+        self._excluded_here = frozenset(here)
+
+    def is_excluded(self, path: str) -> bool:
+        return path in self._excluded_here
+
+    def _root_problem(self, tree: str) -> tuple[str | None, RootState | None]:
+        """(why `tree` cannot be watched now, or None; what it is now)."""
+        try:
+            st = os.stat(tree)
+        except OSError as error:
+            if error.errno in (errno.ENOENT, errno.ENOTDIR):
+                return "does not exist; it is watched again once it is created", None
+            return f"cannot be examined ({error.strerror}); it is retried", None
+        if not statmod.S_ISDIR(st.st_mode):
+            return "is not a directory; it is watched once a directory is there", None
+        resolved = os.path.realpath(tree)
+        now = RootState(resolved, st.st_dev, st.st_ino, os.path.ismount(resolved))
+        before = self._root_states.get(tree)
+        if before is not None and before.is_mount and not now.is_mount:
+            return ("was unmounted; its mount point is not scanned (that would read as every file "
+                    "deleted) until it is mounted again (restart File Conveyor if it is no longer "
+                    "meant to be a mount point)"), None
+        if tree in self._excluded_here:
+            return "is excluded: File Conveyor writes there itself (a destination or its state)", None
+        return None, now
+
+    def _root_ready(self, tree: str) -> bool:
+        """Before a tree's root is scanned: True when it can be, with its state recorded; else
+        it is noted as not watched (and the backend drops its watches)."""
+        problem, state = self._root_problem(tree)
+        if problem is not None or state is None:
+            self._unwatch(tree)
+            self._note_unwatched(tree, problem or "cannot be watched")
+            return False
+        before = self._root_states.get(tree)
+        self._root_states[tree] = state
+        if before is None or before.resolved != state.resolved:
+            if state.resolved != tree:
+                log.info("Watched tree %s is a symlink: watching %s (paths are reported under %s)",
+                         tree, state.resolved, tree)
+            self._update_exclusions()
+        return True
+
+    def _note_unwatched(self, path: str, reason: str) -> None:
+        """Record that `path` is not watched (WARNING once per reason, not once per retry)."""
+        self._noted.add(path)
+        with self._lock:
+            old = self._unwatched.get(path)
+            if old is not None and old.reason == reason:
+                return
+            is_tree = path in self.trees
+            self._unwatched[path] = Unwatched(path, is_tree, reason, old.since if old else time.time())
+        if is_tree:
+            log.error("Watched tree %s %s", path, reason)
+        else:
+            log.warning("Directory %s is not watched: it %s", path, reason)
+
+    def _clear_unwatched(self, paths: Iterable[str]) -> None:
+        with self._lock:
+            cleared = [self._unwatched.pop(p) for p in paths if p in self._unwatched]
+        for item in cleared:
+            log.info("%s %s is watched again and was rescanned", "Tree" if item.is_tree else "Directory",
+                        item.path)
+
+    def _unwatch(self, tree: str) -> None:
+        """Drop the backend's watches of `tree` (it is gone or replaced)."""
+
+    def recheck(self) -> list[str]:
+        """Every `recheck_interval` seconds (the backend's thread calls it): the trees and
+        directories to scan again now. A root that vanished, was replaced (deleted and
+        re-created, moved away, its symlink re-pointed) or unmounted loses its watches here;
+        one that came back, and every directory that could not be listed, is returned."""
+        now = time.monotonic()
+        if now < self._next_recheck:
+            return []
+        self._next_recheck = now + self.recheck_interval
+        todo: list[str] = []
+        with self._lock:
+            unwatched = dict(self._unwatched)
+        for tree in list(self.trees):
+            problem, state = self._root_problem(tree)
+            before = self._root_states.get(tree)
+            if tree in unwatched:
+                if problem is None:
+                    todo.append(tree)
+                else:
+                    self._note_unwatched(tree, problem)
+            elif before is not None and (problem is not None or state != before):
+                self._root_gone(tree, problem or (
+                    "was replaced (deleted and re-created, moved, or its symlink re-pointed)"))
+                if problem is None:
+                    todo.append(tree)
+        todo.extend(p for p, item in unwatched.items()
+                    if not item.is_tree and (self.tree_of(p) or p) not in unwatched)
+        return todo
+
+    def _root_gone(self, tree: str, reason: str) -> None:
+        """`tree`'s root went away (or was replaced): drop its watches, say so once. Its index
+        rows stay: a tree that is gone is not a tree whose files were deleted."""
+        self._unwatch(tree)
+        self._note_unwatched(tree, reason)
+
+    def recheck_due(self) -> float:
+        """Monotonic time of the next `recheck()`."""
+        return self._next_recheck
+
+    def runtime_status(self) -> dict[str, Any]:
+        with self._lock:
+            unwatched = sorted(self._unwatched.values(), key=lambda u: (not u.is_tree, u.path))
+        resolved = {t: s.resolved for t, s in self._root_states.items() if s.resolved != t}
+        return {
+            "monitor": self.name, "native": self.is_native,
+            "polled_trees": sorted(list(self.polled_trees)),
+            "overflows": self.overflows,
+            "unwatched": [{"path": u.path, "kind": "tree" if u.is_tree else "directory", "reason": u.reason,
+                           "since": u.since} for u in unwatched[:UNWATCHED_SHOWN]],
+            "unwatched_count": len(unwatched),
+            "resolved_roots": resolved,
+            "excluded": sorted(self._excluded_here),
+        }
 
     def tree_of(self, path: str) -> str | None:
         best = None
@@ -187,16 +364,41 @@ class TreeMonitor(Monitor):
         if added:
             yield added
 
-    def scan(self, root: str, before_listing=None) -> None:  # type: ignore[no-untyped-def]
-        """Compare the disk below `root` with what is known and report the differences."""
+    def scan(self, root: str, before_listing=None) -> bool:  # type: ignore[no-untyped-def]
+        """Compare the disk below `root` with what is known and report the differences. False
+        when `root` could not be listed (noted as not watched, retried by `recheck`)."""
+        if root in self.trees and not self._root_ready(root):
+            return False
         started = time.monotonic()
         reported = 0
+        with self._lock:
+            before = [p for p in self._unwatched if is_below(p, root)]
+        self._noted = set()
+        listed = True
+
+        def unlistable(directory: str, error: OSError) -> None:
+            nonlocal listed
+            if directory == root:
+                listed = False
+            if directory == root and error.errno in (errno.ENOENT, errno.ENOTDIR) and root not in self.trees:
+                # Vanished just after its event (its parent's events report it), or a directory
+                # retried after it was unreadable that is gone now: nothing left to watch.
+                with self._lock:
+                    self._unwatched.pop(root, None)
+                return
+            self._note_unwatched(directory, f"cannot be listed ({error.strerror}); it is retried")
+
         for events, ops in scan_tree(
             root, self, self.ignored_dirs, self.names, before_listing=before_listing, scandir=self._scandir,
+            excluded=self._excluded_here, unlistable=unlistable,
         ):
             reported += len(events)
             self.report(events, ops)
+        if listed:
+            # Listed now, or no longer in the tree: either way nothing is left to retry there.
+            self._clear_unwatched(p for p in before if p not in self._noted)
         log.debug("Scanned %s in %.2f s: %d changes", root, time.monotonic() - started, reported)
+        return listed
 
     def report_deleted_tree(self, directory: str, own_key: Key | None) -> None:
         """DELETED for every file known below `directory`; drop their rows, then its own."""

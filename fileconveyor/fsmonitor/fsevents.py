@@ -7,7 +7,9 @@ with the index by the same `pathscanner.scan_tree` every backend uses (CREATED/M
 by mtime_ns and size; a directory moved in/out/within shows up as files created/deleted).
 
 Ignored directories are filtered here too: an event below one is dropped (the original aborted the
-whole batch on the first such event). This module is imported only on macOS (`get_monitor`);
+whole batch on the first such event). FSEvents reports resolved paths (/private/var for /var, the
+target of a symlinked root): they are translated back to the configured root, the prefix the rules
+and the index use. Missing, replaced and unreadable roots are handled by the shared `recheck()`. This module is imported only on macOS (`get_monitor`);
 importing `fileconveyor.fsmonitor` on Linux never imports macfsevents.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import fsevents  # type: ignore[import-not-found]  # the macfsevents distribution
@@ -37,17 +40,26 @@ class FSEventsMonitor(TreeMonitor):
         self._observer = fsevents.Observer()
         self._observer_started = False
         self._streams: list[Any] = []
+        #: (resolved root, configured root), to name reported paths as configured.
+        self._aliases: list[tuple[str, str]] = []
 
     def add_tree(self, path: str) -> None:
         super().add_tree(path)
         root = os.path.abspath(path)
+        resolved = os.path.realpath(root)
+        if resolved != root:
+            self._aliases.append((resolved, root))
         stream = fsevents.Stream(self._on_event, root, file_events=True)
         self._streams.append(stream)
         self._observer.schedule(stream)
 
     def _on_event(self, event: Any) -> None:
         path = os.path.dirname(event.name) if not os.path.isdir(event.name) else event.name
-        if any(part in self.ignored_dirs for part in path.split("/")):
+        for resolved, root in self._aliases:
+            if is_below(path, resolved) and not any(is_below(path, t) for t in self.trees):
+                path = root + path[len(resolved):]
+                break
+        if any(part in self.ignored_dirs for part in path.split("/")) or self.is_excluded(path):
             return
         with self._lock:
             self._requests.append(path)
@@ -61,13 +73,13 @@ class FSEventsMonitor(TreeMonitor):
             self._observer.start()
             self._observer_started = True
         while not self._stop_event.is_set():
-            self._wakeup.wait()
+            self._wakeup.wait(max(0.0, self.recheck_due() - time.monotonic()))
             self._stop_event.wait(self.settle)  # let FSEvents' bursts arrive together
             with self._lock:
                 self._wakeup.clear()
                 self._scanning = True
             try:
-                todo = self._take_requests()
+                todo = self._take_requests() + self.recheck()
                 for directory in todo:
                     if not any(d != directory and is_below(directory, d) for d in todo):
                         self.scan(directory)

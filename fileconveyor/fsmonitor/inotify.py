@@ -30,6 +30,15 @@ Event mapping (files only; directories stand for the files below them):
   (watchdog and the original File Conveyor drop it).
 * ENOSPC from inotify_add_watch: fs.inotify.max_user_watches is exhausted; ERROR naming the
   sysctl, and that tree falls back to polling every `poll_interval` seconds on this thread.
+* IN_DELETE_SELF/IN_MOVE_SELF/IN_UNMOUNT of a root: its watches are dropped (a moved root's
+  watches would report another directory's changes under its old path) and it is re-watched and
+  rescanned as soon as it is back (checked at once, then every `recheck_interval` seconds, which
+  also catches a root replaced without an event: a parent moved, a symlink re-pointed).
+* IN_ATTRIB of a directory (chmod, chown, setfacl): one that cannot be read now is noted as not
+  watched; one that was not watched and can be read again is scanned at once.
+* A root given as a symlink: its watch is added on the resolved directory (IN_DONT_FOLLOW, which
+  every other watch needs so that a symlink inside the tree is never followed, made that watch
+  fail: original issue #135), under the configured path, so events keep the configured prefix.
 
 Every stat() can find the file gone (vim's 4913, cache temp files): that is logged at DEBUG and
 skipped. The original's notifier thread died on exactly that and left the daemon deaf.
@@ -79,8 +88,6 @@ class InotifyMonitor(TreeMonitor):
         super().__init__(*args, **kwargs)
         self.poll_interval = poll_interval
         self.move_window = move_window
-        #: How many times the kernel queue overflowed (each one caused a rescan).
-        self.overflows = 0
         # The inotify instance is created here, not in start(): its queue size
         # (fs.inotify.max_queued_events) is fixed when it is created.
         self._wm = pyinotify.WatchManager()
@@ -90,8 +97,6 @@ class InotifyMonitor(TreeMonitor):
         self._wd_path: dict[int, str] = {}
         self._path_wd: dict[str, int] = {}
         self._held: dict[int, tuple[str, bool, float]] = {}
-        #: Trees that fell back to polling (watch limit), with the time of their next pass.
-        self.polled_trees: dict[str, float] = {}
         self._closed = False
 
     def _wake(self) -> None:
@@ -135,14 +140,21 @@ class InotifyMonitor(TreeMonitor):
                         self._busy = False
             self._expire_moves(time.monotonic())
             self._poll_fallback_trees(time.monotonic())
+            self._rescan_rechecked()
 
-    def _timeout_ms(self) -> int | None:
-        """None (block until something happens: an idle monitor uses no CPU) unless a move half
-        or a polled tree is due."""
+    def _timeout_ms(self) -> int:
+        """Until the next move half, polled tree or recheck is due (an idle monitor wakes once
+        per `recheck_interval` for a stat() per root)."""
         deadlines = [d for _, _, d in self._held.values()] + list(self.polled_trees.values())
-        if not deadlines:
-            return None
+        deadlines.append(self.recheck_due())
         return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+
+    def _rescan_rechecked(self) -> None:
+        todo = self.recheck()
+        if todo:
+            with self._lock:
+                self._requests.extend(todo)
+            self._do_requests()
 
     def _do_requests(self) -> None:
         with self._lock:
@@ -180,16 +192,19 @@ class InotifyMonitor(TreeMonitor):
     # -- watches -----------------------------------------------------------------------------
 
     def _add_watch(self, directory: str, tree: str) -> int | None:
+        # A root may be a symlink (IN_DONT_FOLLOW would refuse it): watch what it resolves to.
+        # Below the root the configured path is used: the kernel resolves the root's link in it.
+        target = os.path.realpath(directory) if directory == tree else directory
         try:
-            wd = self._wm.add_watch(directory, _MASK, quiet=False)[directory]
+            wd = self._wm.add_watch(target, _MASK, quiet=False)[target]
         except pyinotify.WatchManagerError:
             code = self._wm._inotify_wrapper.get_errno()  # same thread, right after the call
             if code == errno.ENOSPC:
                 self._fall_back_to_polling(tree)
             elif code in (errno.ENOENT, errno.ENOTDIR):
                 log.debug("Directory vanished before it could be watched: %s", directory)
-            else:
-                log.warning("Cannot watch %s: %s", directory, os.strerror(code or 0))
+            elif code != errno.EACCES:  # unreadable: its listing fails next and notes it
+                self._note_unwatched(directory, f"cannot be watched ({os.strerror(code or 0)}); it is retried")
             return None
         old = self._wd_path.get(wd)
         if old is not None and self._path_wd.get(old) == wd:
@@ -210,6 +225,9 @@ class InotifyMonitor(TreeMonitor):
 
     def _remove_watches_below(self, directory: str) -> None:
         self._remove_watches([wd for p, wd in self._path_wd.items() if is_below(p, directory)])
+
+    def _unwatch(self, tree: str) -> None:
+        self._remove_watches_below(tree)
 
     def _fall_back_to_polling(self, tree: str) -> None:
         try:
@@ -265,13 +283,17 @@ class InotifyMonitor(TreeMonitor):
             return
         if mask & (pyinotify.IN_DELETE_SELF | pyinotify.IN_MOVE_SELF | pyinotify.IN_UNMOUNT):
             if directory in self.trees:
-                log.error("Watched tree %s was moved, deleted or unmounted; it is no longer watched", directory)
+                self._root_event(directory, mask)
+            return
+        is_dir = bool(mask & pyinotify.IN_ISDIR)
+        if not raw_name:
+            if mask & pyinotify.IN_ATTRIB:
+                self._attrib_dir(directory)
             return
         name = os.fsdecode(raw_name)
         if not self.names.is_valid(directory, name):
             return
         path = f"{directory}/{name}"
-        is_dir = bool(mask & pyinotify.IN_ISDIR)
         if mask & pyinotify.IN_MOVED_FROM:
             self._held[cookie] = (path, is_dir, time.monotonic() + self.move_window)
         elif mask & pyinotify.IN_MOVED_TO:
@@ -289,8 +311,34 @@ class InotifyMonitor(TreeMonitor):
                 self._file_created(path)
         elif mask & pyinotify.IN_CLOSE_WRITE and not is_dir:
             self._file_changed(path, attrib_only=False)
-        elif mask & pyinotify.IN_ATTRIB and not is_dir:
-            self._file_changed(path, attrib_only=True)
+        elif mask & pyinotify.IN_ATTRIB:
+            if is_dir:
+                self._attrib_dir(path)
+            else:
+                self._file_changed(path, attrib_only=True)
+
+    def _root_event(self, tree: str, mask: int) -> None:
+        """A root was deleted, moved or unmounted: drop its watches; scan it if it is back."""
+        what = ("was unmounted" if mask & pyinotify.IN_UNMOUNT else
+                "was deleted" if mask & pyinotify.IN_DELETE_SELF else "was moved away")
+        self._root_gone(tree, f"{what}; it is watched again once it is back")
+        problem, _ = self._root_problem(tree)
+        if problem is None:
+            self._scan_tree(tree)
+
+    def _attrib_dir(self, directory: str) -> None:
+        """Permissions of a directory changed: note it if it cannot be read now (the events
+        below it could not be examined), scan it if it was not watched and now can be."""
+        if self.is_excluded(directory) or self._ignored(directory, True):
+            return
+        with self._lock:
+            was_unwatched = directory in self._unwatched
+        if not os.access(directory, os.R_OK | os.X_OK):
+            if os.path.isdir(directory):
+                self._remove_watches_below(directory)
+                self._note_unwatched(directory, "cannot be read (its permissions changed); it is retried")
+        elif was_unwatched:
+            self._scan_tree(directory)
 
     def _forget(self, wd: int) -> None:
         path = self._wd_path.pop(wd, None)
@@ -299,7 +347,7 @@ class InotifyMonitor(TreeMonitor):
         self._wm.watches.pop(wd, None)
 
     def _ignored(self, path: str, is_dir: bool) -> bool:
-        return is_dir and path.rpartition("/")[2] in self.ignored_dirs
+        return self.is_excluded(path) or (is_dir and path.rpartition("/")[2] in self.ignored_dirs)
 
     def _file_created(self, path: str) -> None:
         """A new non-directory entry: only links are reported now (they never get a close)."""
@@ -312,6 +360,8 @@ class InotifyMonitor(TreeMonitor):
             self._file_changed(path, attrib_only=False)
 
     def _file_changed(self, path: str, attrib_only: bool) -> None:
+        if self.is_excluded(path):
+            return
         key = split_key(path)
         try:
             st = os.stat(path)
@@ -324,6 +374,10 @@ class InotifyMonitor(TreeMonitor):
                 self.report([], [(key, DIR_ENTRY)])
             return
         if not statmod.S_ISREG(st.st_mode):
+            if old is not None and not old.is_dir:
+                # A file replaced by a FIFO, socket or device: as a file, it is gone (its
+                # published copy, a link to this path in symlink_or_copy, must go too).
+                self.report([FSEvent(path, Event.DELETED)], [(key, None)])
             return
         new = Entry(st.st_mtime_ns, st.st_size, False)
         if old is None or old.is_dir:

@@ -352,6 +352,8 @@ def scan_tree(
     *,
     before_listing: Callable[[str], None] | None = None,
     scandir: Scandir = os.scandir,
+    excluded: frozenset[str] | set[str] = frozenset(),
+    unlistable: Callable[[str, OSError], None] | None = None,
 ) -> Iterator[Chunk]:
     """Walk `root` and yield, per directory, the events and index ops that bring the index
     (`known`: a `Known`, or rows in memory) up to date with the disk; deletions come last.
@@ -368,12 +370,19 @@ def scan_tree(
 
     A directory that cannot be listed (EACCES) keeps its index rows: unreadable is not deleted.
     If `root` itself cannot be listed nothing is reported: an unmounted or missing source tree
-    must not read as "every file deleted".
+    must not read as "every file deleted". Either is passed to `unlistable(directory, error)` when
+    given (the monitor retries it later), else logged. A directory that vanished while the scan
+    ran is not "unlistable": its rows are dropped as deleted.
+
+    Paths in `excluded` (absolute, as found under `root`) are skipped like ignored directories,
+    files or directories alike: the daemon's own output must never be reported.
     """
     index = KnownRows(known) if isinstance(known, Mapping) else known
     gone_files: list[Key] = []
     #: (directory whose rows below are gone, the op and event for its own row afterwards)
     gone_dirs: list[tuple[str, Op | None, FSEvent | None]] = []
+    if root in excluded:
+        return
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -383,14 +392,18 @@ def scan_tree(
             with scandir(directory) as it:
                 dirents = list(it)
         except OSError as error:
-            if directory == root:
-                log.error("Cannot list watched tree %s (%s); not reporting anything for it", root, error)
-                return
-            if error.errno in _VANISHED:
+            vanished = error.errno in _VANISHED
+            if directory != root and vanished:
                 log.debug("Directory vanished before it was scanned: %s", directory)
                 gone_dirs.append((directory, None, None))
+            elif unlistable is not None:
+                unlistable(directory, error)
+            elif directory == root:
+                log.error("Cannot list watched tree %s (%s); not reporting anything for it", root, error)
             else:
                 log.warning("Cannot list %s (%s); its files are left as they were", directory, error)
+            if directory == root:
+                return
             continue
         old_entries = index.children(directory)
         events: list[FSEvent] = []
@@ -398,6 +411,11 @@ def scan_tree(
         for dirent in dirents:
             name = dirent.name
             if not name.isascii() and not names.is_valid(directory, name):
+                continue
+            if excluded and dirent.path in excluded:
+                # Rows from before it was excluded stay: excluding is not deleting (as for ignored
+                # directories, the copies already published are left alone).
+                old_entries.pop(name, None)
                 continue
             new = entry_of(dirent)
             if new is None or (new.is_dir and name in ignored_dirs):

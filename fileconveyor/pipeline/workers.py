@@ -26,6 +26,7 @@ from typing import Callable
 
 from fileconveyor.transporters.base import (
     ConfigurationError,
+    ObjectOptions,
     RetryableError,
     ServerUnavailableError,
     Transporter,
@@ -51,6 +52,9 @@ class TransportTask:
     local_path: str | None
     #: Called exactly once from a worker thread: (url or None, error or None).
     on_done: Callable[["str | None", "TransporterError | None"], None]
+    #: What the uploaded object carries beyond its bytes (its destination's ACL and headers, the
+    #: Content-Encoding of a pre-compressed copy); None: the server's settings.
+    options: ObjectOptions | None = None
 
 
 class TransporterPool:
@@ -180,7 +184,7 @@ class TransporterPool:
         try:
             if task.action == "upload":
                 assert task.local_path is not None
-                url: str | None = transporter.upload(task.local_path, task.remote_path)
+                url: str | None = transporter.upload_object(task.local_path, task.remote_path, task.options)
             else:
                 transporter.delete(task.remote_path)
                 url = None

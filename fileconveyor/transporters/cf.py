@@ -40,6 +40,7 @@ import botocore.exceptions
 
 from fileconveyor.transporters.base import (
     ConfigurationError,
+    ObjectOptions,
     PermanentError,
     RetryableError,
     TransporterContext,
@@ -406,10 +407,10 @@ class CloudFrontTransporter(S3Transporter):
         except (ConfigurationError, PermanentError):
             return True
 
-    def upload(self, local_path: str, remote_path: str) -> str:
+    def upload(self, local_path: str, remote_path: str, options: ObjectOptions | None = None) -> str:
         key = normalize_remote_path(remote_path)
         existed = self._existed(key)
-        url = super().upload(local_path, key)
+        url = super().upload(local_path, key, options)
         if existed:
             coalescer_for(self).add([self.invalidation_path(key)])
         return url
