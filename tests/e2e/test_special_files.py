@@ -92,3 +92,22 @@ def test_the_explicit_setting_syncs_links_out_of_the_tree(tmp_path):
     with Daemon(setup):
         wait_for(lambda: tree(setup.dest).get("leak.txt") == b"TOP SECRET shadow line", 30,
                  "the link out of the tree to be published, as the setting asks")
+
+
+@pytest.mark.parametrize("backend", ["inotify", "polling"])
+def test_a_synced_file_replaced_by_a_fifo_is_unpublished(tmp_path, backend):
+    """As a file it is gone: its published copy goes (in link mode a web server following the
+    link would open the FIFO and hang)."""
+    setup = write_config(tmp_path, settings={"FSMONITOR_BACKEND": backend, "POLL_INTERVAL": "0.2"})
+    path = os.path.join(setup.source, "a.txt")
+    published = os.path.join(setup.dest, "a.txt")
+    with Daemon(setup) as daemon:
+        write(path, "a")
+        wait_for(lambda: tree(setup.dest).get("a.txt") == b"a", 30, "a.txt to be published")
+        staged = os.path.join(setup.root, "staged.fifo")
+        os.mkfifo(staged)
+        os.rename(staged, path)
+        try:
+            wait_for(lambda: not os.path.lexists(published), 30, "the published copy to be removed")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{daemon.log_tail()}") from None
