@@ -326,17 +326,21 @@ class Database:
         if self.readonly:
             raise DatabaseError(f"{self.path} was opened read-only", self.path)
         with self._lock:
-            self._step("BEGIN IMMEDIATE", retry)
             try:
+                self._step("BEGIN IMMEDIATE", retry)
                 yield self._conn
                 self._step("COMMIT", retry)
             except BaseException as error:
                 if self._conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):  # the original error is what matters
                         self._conn.execute("ROLLBACK")
-                if isinstance(error, sqlite3.Error):
-                    raise classify(self.path, error) from error
+                problem = classify(self.path, error) if isinstance(error, sqlite3.Error) else error
+                if isinstance(problem, DatabaseUnavailable):
+                    _note_problem(self.path, problem)  # shown by degraded() until a commit works
+                if problem is not error:
+                    raise problem from error
                 raise
+        _note_recovered(self.path)
 
     def _step(self, statement: str, retry: bool) -> None:
         """BEGIN or COMMIT, retried in place when that is safe (nothing of the body is lost)."""

@@ -112,10 +112,11 @@ def test_a_corrupt_index_is_rebuilt_at_start_without_a_restart_loop(tmp_path):
 
 @pytest.fixture
 def full_disk(tmp_path):
-    """A 2 MiB tmpfs, filled up after the test has put its files there."""
+    """A 2 MiB tmpfs as the state directory (tests.e2e.harness.write_config(tmp_path) puts the
+    config and the databases there), filled up when the test says so."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mount = tmp_path / "small"
+    mount = tmp_path / "state"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mount)], check=True)
 
@@ -136,8 +137,8 @@ def full_disk(tmp_path):
 
 
 def test_status_and_verify_on_a_full_disk(tmp_path, full_disk):
-    mount, fill = full_disk
-    setup = write_config(mount)
+    _, fill = full_disk
+    setup = write_config(tmp_path)
     write(os.path.join(setup.source, "a.txt"), "a")
     with Daemon(setup) as daemon:
         wait_in_sync(setup, daemon)
@@ -152,3 +153,29 @@ def test_status_and_verify_on_a_full_disk(tmp_path, full_disk):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     finally:
         conn.close()
+
+
+@pytest.mark.xfail(strict=True, reason="the lead's Arbitrator._write_runtime_status lets ENOSPC kill the status "
+                   "thread (a crash and a self-restart); remove this mark once it keeps the last good file")
+def test_a_full_state_disk_while_running_waits_shows_and_recovers(tmp_path, full_disk):
+    """Writes that meet a full disk are retried and shown by `status`, never a crash and restart."""
+    mount, fill = full_disk
+    setup = write_config(tmp_path, settings={"LOG_FILE": os.path.join(tmp_path, "fileconveyor.log"),
+                                             "WORKING_DIR": os.path.join(tmp_path, "work")})
+    write(os.path.join(setup.source, "before.txt"), "before")
+    with Daemon(setup) as daemon:
+        wait_in_sync(setup, daemon)
+        fill()
+        for i in range(20):
+            write(os.path.join(setup.source, f"during{i}.txt"), "x" * 2000)
+
+        def degraded_in_status() -> bool:
+            result = cli("status", "--config", setup.config)
+            _no_traceback(result)
+            return "database " in result.stdout and "disk full" in result.stdout
+        wait_for(degraded_in_status, 60, "status to show the full disk")
+        os.remove(os.path.join(mount, "filler"))
+        wait_in_sync(setup, daemon, timeout=120)
+        wait_for(lambda: "disk full" not in cli("status", "--config", setup.config).stdout, 60,
+                 "status to stop showing the full disk")
+        assert "restarted itself" not in open(os.path.join(tmp_path, "fileconveyor.log"), encoding="utf-8").read()

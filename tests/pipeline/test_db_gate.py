@@ -84,6 +84,11 @@ def test_a_full_database_is_reported_as_full_not_hidden_by_a_failed_rollback(tmp
         with database.transaction() as conn:
             conn.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
     assert str(tmp_path / "d.db") in str(raised.value) and raised.value.problem == "disk full"
+    assert [d.problem for d in db.degraded() if d.path == database.path] == ["disk full"]  # for `status`
+    database.query("PRAGMA max_page_count = 1000000")
+    with database.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert all(d.path != database.path for d in db.degraded())
     database.close()
 
 
