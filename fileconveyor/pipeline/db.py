@@ -59,6 +59,7 @@ OPEN_PATIENCE_SECONDS = 10.0
 # Primary SQLite result codes (https://sqlite.org/rescode.html).
 _SQLITE_READONLY, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_IOERR = 8, 5, 6, 10
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_FORMAT, _SQLITE_NOTADB = 11, 13, 14, 24, 26
+_SQLITE_READONLY_ROLLBACK = 776  # extended: a read-only connection met a hot journal
 
 #: Conditions that pass (a lock is released, space is freed, a disk is remounted): retried.
 _TRANSIENT = {
@@ -131,6 +132,11 @@ def classify(path: str, error: sqlite3.Error, doing: str = "") -> DatabaseError:
     """The DatabaseError for an sqlite3 error on `path` (naming the file, saying what to do)."""
     code = _code(error)
     where = f"{path}: {doing + ': ' if doing else ''}{error}"
+    if getattr(error, "sqlite_errorcode", None) == _SQLITE_READONLY_ROLLBACK:
+        return DatabaseError(f"{where}: a write was interrupted (kill -9 or a crash) and its journal "
+                             f"{path}-journal must be rolled back first, which a read-only command does "
+                             "not do: start the daemon (or open the file once with write access, e.g. "
+                             f"`sqlite3 {path} 'PRAGMA quick_check'`), then try again", path)
     if code in _DAMAGED:
         return DatabaseDamaged(f"{where}. The file is damaged: {damaged_hint(path)}", path)
     if code in _TRANSIENT:

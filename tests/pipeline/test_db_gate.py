@@ -173,3 +173,23 @@ def test_every_journal_kind_has_its_synchronous_level(tmp_path):
         levels[journal] = database.query("PRAGMA synchronous")[0][0]
         database.close()
     assert levels == {Journal.ROLLBACK: 2, Journal.WAL: 1}
+
+
+def test_a_read_only_open_after_an_interrupted_write_says_what_to_do(tmp_path):
+    """The image of a kill -9 in the middle of a commit: the database plus its hot journal."""
+    path = tmp_path / "persistent_data.db"
+    writer = Database(str(path), SCHEMA, 2)
+    writer.query("PRAGMA cache_size = 1")  # spill to the file during the transaction
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    with writer.transaction() as conn:
+        conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 1000,) for _ in range(2000)])
+        for name in ("persistent_data.db", "persistent_data.db-journal"):
+            (crash / name).write_bytes((tmp_path / name).read_bytes())
+    writer.close()
+    with pytest.raises(DatabaseError, match="start the daemon") as raised:
+        Database(str(crash / "persistent_data.db"), SCHEMA, 2, readonly=True).query("SELECT COUNT(*) FROM t")
+    assert str(crash / "persistent_data.db") in str(raised.value)
+    recovered = Database(str(crash / "persistent_data.db"), SCHEMA, 2)  # a writer rolls it back
+    assert recovered.query("SELECT COUNT(*) FROM t") == [(0,)]
+    recovered.close()
