@@ -21,7 +21,7 @@ from lxml import etree
 
 from fileconveyor import settings as settings_module
 from fileconveyor.filter import (CONDITIONS, EXCLUDE, EXCLUDE_CONDITIONS, Filter, FilterError,
-                                 parse_ignored_dirs)
+                                 in_ignored_dir, is_within, parse_ignored_dirs)
 from fileconveyor.processors.base import (ProcessorNotFound, ProcessorUnavailable,
                                           canonical_processor_name, resolve_processor)
 from fileconveyor.settings import SettingError, Settings
@@ -143,7 +143,7 @@ _SHAPES: dict[str, _Shape] = {
                      required_children=("sources", "servers", "rules")),
     "sources": _Shape(attributes=("ignoredDirs",), children=("source",), required_children=("source",),
                       repeatable=("source",)),
-    "source": _Shape(attributes=("name", "scanPath", "documentRoot", "basePath"),
+    "source": _Shape(attributes=("name", "scanPath", "documentRoot", "basePath", "allowSystemDirectories"),
                      required_attributes=("name", "scanPath")),
     "servers": _Shape(children=("server",), repeatable=("server",)),
     "server": _Shape(attributes=("name", "transporter", "maxConnections"),
@@ -223,10 +223,15 @@ def _text(element: etree._Element) -> str:
 # --- the loader -------------------------------------------------------------------------------
 
 class _Loader:
-    """One pass over one config file: collects every problem and, when there is no error, the Config."""
+    """One pass over one config file: collects every problem and, when there is no error, the Config.
 
-    def __init__(self, path: str) -> None:
+    `for_daemon`: a scanPath that is not a directory (yet) is an error only for commands that
+    watch the trees (`run`, `start`, `check-config`); `stop`, `status`, `verify` and `upgrade`
+    must work while a tree is missing (it is then a warning)."""
+
+    def __init__(self, path: str, for_daemon: bool = True) -> None:
         self.path = path
+        self.for_daemon = for_daemon
         self.base_dir = os.path.dirname(os.path.abspath(path))
         self.problems: list[ConfigProblem] = []
 
@@ -384,8 +389,9 @@ class _Loader:
                                     "directory to sync, for example scanPath=\"/var/www/site\"")
             elif not os.path.isdir(scan_path):
                 what = "is not a directory" if os.path.exists(scan_path) else "does not exist"
-                self.error(element, f"source {name!r}: scanPath {scan_path!r} {what}; write the path of "
-                                    "an existing directory (or create it)")
+                report = self.error if self.for_daemon else self.warning
+                report(element, f"source {name!r}: scanPath {scan_path!r} {what}; write the path of "
+                                "an existing directory (or create it): the daemon does not start without it")
             document_root = self._document_root(element, name)
             base_path = self._base_path(element, name, document_root)
             sources[name] = Source(name, scan_path, document_root, base_path, _line(element))
@@ -736,6 +742,7 @@ class _Loader:
             return None
         return Config(path=os.path.abspath(self.path), sources=types.MappingProxyType(sources),
                       servers=types.MappingProxyType(servers), rules=rules, ignored_dirs=ignored,
+        self.check_trees(root, sources, servers, rules, ignored, settings)
                       settings=settings, warnings=tuple(p for p in self.problems if p.severity == "warning"))
 
 
@@ -743,6 +750,178 @@ def _conditions(element: etree._Element, allowed: tuple[str, ...], lines: dict[s
                 prefix: str) -> dict[str, object]:
     """The filter conditions among `element`'s children, as Filter takes them; the line of each
     goes into `lines` under `prefix + name` (and of the element itself under the bare prefix), the
+    # what the trees may hold (issue 7 items 4 and 17)
+
+    def check_trees(self, root: etree._Element, sources: Mapping[str, Source], servers: Mapping[str, Server],
+                    rules: tuple[Rule, ...], ignored: frozenset[str], settings: Settings | None) -> None:
+        """Nothing the daemon writes may lie in a watched tree (it would sync its own output for
+        ever: 3 files became 3,039 copies), trees may not nest, and system directories are
+        watched only when the config says so."""
+        elements = {_attr(e, "name"): e for e in root.iterfind("sources/source")}
+        for source in sources.values():
+            element = elements.get(source.name)
+            if element is not None and source.scan_path:
+                self._check_system_directories(element, source)
+            for other in sources.values():
+                placed = _placed_in(other.scan_path, source.scan_path) if other is not source else None
+                if placed is None or placed == other.scan_path:
+                    continue
+                if not _is_ignored_below(other.scan_path, placed, ignored):
+                    self.error(source.line, (
+                        f"source {source.name!r}: scanPath {source.scan_path!r} lies inside the tree of source "
+                        f"{other.name!r} ({other.scan_path!r}, line {other.line}), so its files would be watched "
+                        f"and synced twice; write trees that do not overlap{_ignore_advice(other, placed)}"))
+        for server in servers.values():
+            if server.transporter != "symlink_or_copy" or not server.settings.get("location", "").strip():
+                continue
+            location = os.path.abspath(os.path.expanduser(server.settings["location"].strip()))
+            line = _setting_element_line(root, server.name, "location") or server.line
+            if self._refuse_in_trees(line, f"server {server.name!r}: <location> {location!r}", location, sources,
+                                     ignored, "every file published there would be seen as a new file and "
+                                              "published again, for ever; write a location outside it"):
+                continue
+            for rule in rules:
+                for destination in rule.destinations:
+                    if destination.server == server.name and destination.path:
+                        target = os.path.join(location, destination.path)
+                        self._refuse_in_trees(destination.line, (
+                            f"destination path {destination.path!r} on server {server.name!r} "
+                            f"({target!r})"), target, sources, ignored, (
+                            "every file published there would be seen as a new file and published again, "
+                            "for ever; write a destination path that leads outside it"))
+        if settings is None:
+            return
+        for name in ("WORKING_DIR", "PERSISTENT_DATA_DB", "SYNCED_FILES_DB", "FSMONITOR_DB", "PID_FILE", "LOG_FILE"):
+            path = getattr(settings, name, "")
+            if path:
+                # A file is kept out of the tree by ignoring the directory that holds it.
+                directory = path if name == "WORKING_DIR" else os.path.dirname(path)
+                self._refuse_in_trees(_setting_line_in(root, name), f"{name} {path!r}", directory, sources, ignored, (
+                    "the daemon would sync (and publish) its own state and work files, for ever; set "
+                    f"<settings><{name}> to a path outside it, or move config.xml (relative paths and the "
+                    "defaults are beside it)"))
+
+    def _refuse_in_trees(self, line: int, what: str, path: str, sources: Mapping[str, Source],
+                         ignored: frozenset[str], why: str) -> bool:
+        """An error for each source whose tree holds `path` (unless ignored); True if any."""
+        refused = False
+        for source in sources.values():
+            placed = _placed_in(source.scan_path, path)
+            if placed is None or (placed != source.scan_path and _is_ignored_below(source.scan_path, placed, ignored)):
+                continue
+            refused = True
+            self.error(line, f"{what} lies inside the watched tree of source {source.name!r} "
+                             f"({source.scan_path!r}): {why}{_ignore_advice(source, placed)}")
+        return refused
+
+    def _check_system_directories(self, element: etree._Element, source: Source) -> None:
+        allowed = _attr(element, "allowSystemDirectories")
+        if allowed not in (None, "true", "false"):
+            self.error(element, f"source {source.name!r}: allowSystemDirectories={allowed!r} is not valid; "
+                                "write allowSystemDirectories=\"true\" or remove it")
+            return
+        found = system_directories_in(source.scan_path)
+        if not found:
+            return
+        listing = ", ".join(found)
+        if allowed == "true":
+            self.warning(element, f"source {source.name!r}: scanPath {source.scan_path!r} holds system "
+                                  f"directories ({listing}); watched because allowSystemDirectories=\"true\"")
+            return
+        self.error(element, (
+            f"source {source.name!r}: scanPath {source.scan_path!r} holds system directories ({listing}): "
+            "pseudo-files that never end, device nodes and kernel state, which cost a watch each and could "
+            "publish secrets; write the directory to publish (for example scanPath=\"/var/www/site\"), or, "
+            "if you really mean it, add allowSystemDirectories=\"true\" to this <source>"))
+
+
+#: Paths that are system directories wherever the tree lies (a container may not list its mounts).
+_SYSTEM_DIRECTORIES = ("/proc", "/sys", "/dev")
+#: File system types that hold no files to publish (from /proc/self/mountinfo).
+_PSEUDO_FILE_SYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+    "pstore", "bpf", "configfs", "fusectl", "hugetlbfs", "mqueue", "binfmt_misc", "efivarfs",
+    "selinuxfs", "autofs", "rpc_pipefs", "nsfs"})
+
+
+def _pseudo_mounts() -> list[str]:
+    """Mount points of pseudo file systems on this machine (empty where mountinfo cannot be read)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            lines = handle.readlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields[5:]:
+            continue
+        fstype = fields[fields.index("-", 5) + 1]
+        if fstype in _PSEUDO_FILE_SYSTEMS:
+            mounts.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]))
+    return mounts
+
+
+def system_directories_in(scan_path: str) -> list[str]:
+    """System directories (/proc, /sys, /dev, and pseudo file systems mounted anywhere) that
+    `scan_path` is, holds, or lies in; resolved, so a symlink to / counts as /."""
+    real = os.path.realpath(scan_path)
+    candidates = set(_SYSTEM_DIRECTORIES) | set(_pseudo_mounts())
+    return sorted(d for d in candidates if is_within(real, d) or is_within(d, real))
+
+
+def _placed_in(tree: str, path: str) -> str | None:
+    """`path` named below `tree` when it lies inside it (as written, or both resolved), else None."""
+    for root, inner in ((tree, path), (os.path.realpath(tree), os.path.realpath(path))):
+        if is_within(root, inner):
+            return tree if inner == root else os.path.join(tree, os.path.relpath(inner, root))
+    return None
+
+
+def _is_ignored_below(tree: str, placed: str, ignored: frozenset[str]) -> bool:
+    """Is the directory `placed` (inside `tree`) or one above it, below `tree`, in ignoredDirs?"""
+    return in_ignored_dir(tree, os.path.join(placed, "x"), ignored)
+
+
+def _ignore_advice(source: Source, placed: str) -> str:
+    if placed == source.scan_path:
+        return ""
+    name = os.path.basename(placed)
+    return (f", or add {name!r} to <sources ignoredDirs=\"...\"> so that source {source.name!r} does not "
+            f"watch it (every directory named {name!r} is then ignored)")
+
+
+def _setting_element_line(root: etree._Element, server: str, setting: str) -> int:
+    for element in root.iterfind("servers/server"):
+        if _attr(element, "name") == server:
+            child = element.find(setting)
+            return _line(child) if child is not None else _line(element)
+    return 0
+
+
+def _setting_line_in(root: etree._Element, name: str) -> int:
+    element = root.find(f"settings/{name}")
+    return _line(element) if element is not None else 1
+
+
+def written_by_daemon(config: Config) -> tuple[str, ...]:
+    """What the daemon itself writes (local destinations, WORKING_DIR, state files and their
+    journals, PID file, log): the monitor is told never to report these
+    (`get_monitor(excluded=...)`), in case check-config's refusal is bypassed (a tree re-pointed
+    by a symlink while the daemon runs)."""
+    s = config.settings
+    paths = [s.WORKING_DIR, s.PID_FILE, s.LOG_FILE]
+    for database in (s.PERSISTENT_DATA_DB, s.SYNCED_FILES_DB, s.FSMONITOR_DB):
+        paths += [database] + [database + suffix for suffix in ("-wal", "-shm", "-journal")]
+    if s.LOG_FILE:
+        paths += [f"{s.LOG_FILE}.{n}" for n in range(1, 6)]
+    for server in config.servers.values():
+        location = server.settings.get("location", "").strip()
+        if server.transporter == "symlink_or_copy" and location:
+            paths.append(os.path.abspath(os.path.expanduser(location)))
+    return tuple(p for p in dict.fromkeys(paths) if p)
+
+
     keys FilterError.condition uses. Unknown and repeated children are reported as structure."""
     conditions: dict[str, object] = {}
     if prefix:
@@ -852,8 +1031,8 @@ def _syntax_message(error: etree.XMLSyntaxError) -> str:
 
 # --- API --------------------------------------------------------------------------------------
 
-def _run(path: str) -> tuple[Config | None, list[ConfigProblem]]:
-    loader = _Loader(path)
+def _run(path: str, for_daemon: bool = True) -> tuple[Config | None, list[ConfigProblem]]:
+    loader = _Loader(path, for_daemon)
     try:
         config = loader.load()
     except Exception as error:  # last resort: no traceback may reach a user
@@ -890,10 +1069,12 @@ def _setting_line(path: str, name: str) -> int:
     return element.sourceline if element is not None and element.sourceline else 1
 
 
-def load_config(path: str) -> Config:
+def load_config(path: str, for_daemon: bool = True) -> Config:
     """The validated Config; raises ConfigError listing every problem when there is any error.
-    On success, `Config.warnings` holds the warnings."""
-    config, problems = _run(path)
+    On success, `Config.warnings` holds the warnings. `for_daemon=False` (stop, status, verify,
+    upgrade) accepts a scanPath that does not exist (a warning): those commands must work while a
+    tree is missing."""
+    config, problems = _run(path, for_daemon)
     if config is None:
         raise ConfigError(problems)
     return config

@@ -39,6 +39,7 @@ import re
 import secrets
 import types
 import urllib.parse
+from collections.abc import Iterator
 from typing import BinaryIO, Callable, ClassVar, Mapping
 
 from fileconveyor import localfile
@@ -273,6 +274,81 @@ def is_temporary_name(path: str) -> bool:
     return TEMP_NAME_PATTERN.fullmatch(posixpath.basename(path)) is not None
 
 
+@dataclasses.dataclass(frozen=True)
+class RemoteEntry:
+    """One file of a destination, as its listing (`Transporter.list_files`) reports it."""
+
+    #: Relative to the server's root, `/`-separated, as stored (not normalised: an object another
+    #: tool wrote as `a//b` is listed as such).
+    path: str
+    size: int
+    #: Hex MD5 of the content where the listing gives it for free and it is one: an S3 ETag of
+    #: a single-part object, a Swift object's ETag. None where unknown (multipart, FTP, SFTP).
+    md5: str | None = None
+    #: The server's opaque version tag as listed (S3/Swift ETag without quotes), or None.
+    etag: str | None = None
+    #: Modification time (seconds since the epoch), where the listing gives it.
+    mtime: float | None = None
+    #: A temporary name of an upload (`is_temporary_name`, or in a local destination's private
+    #: temporary directory): an upload in progress, or a leftover of one that died.
+    temporary: bool = False
+
+
+def listing_key(path: str) -> bytes:
+    """The order of every listing: the bytes of the UTF-8 path (S3's and Swift's order; code
+    point order for valid UTF-8, and a total order for names kept with surrogateescape)."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def directory_walk_key(name: str, is_directory: bool) -> bytes:
+    """Sort key of one entry of a directory for a walk that yields globally sorted paths: a
+    directory sorts as `name/`, where all paths below it sort (`a-b` < `a/x` < `a0`)."""
+    return listing_key(name + "/" if is_directory else name)
+
+
+def listing_prefix(prefix: str) -> str:
+    """`prefix` of `list_files` normalised: '' (everything) or a relative directory path."""
+    stripped = prefix.strip("/")
+    return normalize_remote_path(stripped) if stripped else ""
+
+
+#: One entry of a directory read by a walk: (name, the file's entry, or None for a directory).
+DirectoryEntry = tuple[str, RemoteEntry | None]
+
+
+def walk_sorted(read_directory: Callable[[str], "list[DirectoryEntry] | None"],
+                start: str) -> Iterator[RemoteEntry]:
+    """The files below `start` (a relative directory, '' for the root), depth first, in
+    `listing_key` order of their paths, for destinations that are directory trees (SFTP, FTP,
+    local). `read_directory(relative)` lists one directory (None if it does not exist); its
+    entries' paths are already relative to the root.
+
+    Memory holds the directories on the way down, one sorted list of names each; an explicit
+    stack, so a tree 1,000 levels deep needs no recursion."""
+    top = read_directory(start)
+    if top is None:
+        return
+    stack: list[tuple[str, Iterator[DirectoryEntry]]] = [(start, _sorted_entries(top))]
+    while stack:
+        directory, entries = stack[-1]
+        for name, entry in entries:
+            if entry is not None:
+                yield entry
+                continue
+            below = posixpath.join(directory, name) if directory else name
+            children = read_directory(below)
+            if children:
+                stack.append((below, _sorted_entries(children)))
+                break
+        else:
+            stack.pop()
+
+
+def _sorted_entries(entries: "list[DirectoryEntry]") -> Iterator[DirectoryEntry]:
+    entries.sort(key=lambda item: directory_walk_key(item[0], item[1] is None))
+    return iter(entries)
+
+
 def open_local_file(local_path: str, source_root: str | None = None) -> BinaryIO:
     """Open the file to upload for reading, with the one classification of every transporter:
     a file that is gone is SourceVanishedError, one that can never be read (denied, a directory)
@@ -394,6 +470,22 @@ class Transporter(abc.ABC):
         """Purge CDN caches for these paths; only called when `can_invalidate`."""
         raise NotImplementedError
 
+    #: Entries per listing request where the server pages (S3 MaxKeys, Swift limit); None: the
+    #: server's default. Small values make tests see several pages.
+    list_page_size: int | None = None
+    #: Listing requests this instance sent (pages, directories): what tests and benchmarks count.
+    listing_requests: int = 0
+
+    def list_files(self, prefix: str = "") -> Iterator[RemoteEntry]:
+        """Every file below the directory `prefix` ('' for the whole destination), in the order
+        of `listing_key` of the path (so that callers merge-join sorted streams), temporary
+        names flagged. Only called when `can_list`.
+
+        A stream: memory stays bounded by one page of the server's listing (S3, Swift) or by one
+        directory (SFTP, FTP, local), never by the number of files. A prefix that does not exist
+        yields nothing. Errors are classified as for every other operation."""
+        raise NotImplementedError
+
     def probe(self) -> None:
         """Cheap check that the server is reachable and the settings work; raises a classified
         error. The pool calls it while a paused server is being watched."""
@@ -494,3 +586,14 @@ def _class_from_module(module: object, name: str) -> type[Transporter]:
 def remote_parent(remote_path: str) -> str:
     """Directory part of a normalised remote path ('' for a file at the root)."""
     return posixpath.dirname(remote_path)
+
+
+def remote_parents(remote_path: str) -> list[str]:
+    """The directories above a normalised remote path, deepest first, the root excluded:
+    `a/b/c.txt` -> `['a/b', 'a']`."""
+    parents = []
+    parent = posixpath.dirname(remote_path)
+    while parent:
+        parents.append(parent)
+        parent = posixpath.dirname(parent)
+    return parents

@@ -33,10 +33,11 @@ Protocol notes this module is shaped by:
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import logging
 import urllib.parse
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, Mapping, TypeVar
 
 import requests
 import swiftclient.client
@@ -46,6 +47,7 @@ from fileconveyor.transporters.base import (
     ConfigurationError,
     ObjectOptions,
     PermanentError,
+    RemoteEntry,
     RetryableError,
     ServerUnavailableError,
     Transporter,
@@ -54,6 +56,7 @@ from fileconveyor.transporters.base import (
     content_type_for,
     http_date_problems,
     join_url,
+    listing_prefix,
     normalize_remote_path,
     open_local_file,
 )
@@ -113,6 +116,7 @@ class CloudFilesTransporter(Transporter):
     default_settings: ClassVar[Mapping[str, str]] = {
         "auth_url": RACKSPACE_AUTH_URL, "auth_version": "1", "public": "false",
     }
+    can_list = True
 
     def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
         super().__init__(settings, context)
@@ -322,5 +326,53 @@ class CloudFilesTransporter(Transporter):
 
         return self._run(f"HEAD of {relative}", head)
 
+    def list_files(self, prefix: str = "") -> Iterator[RemoteEntry]:
+        """The container listing, page by page (`list_page_size` names, Swift's default
+        10,000) with `prefix` and `marker`, in Swift's order (UTF-8 bytes of the name). An
+        object's `hash` is the MD5 of its content, except for a static large object's manifest
+        (listed with `slo_etag`, or `swift_bytes` in its content type): None there. A container
+        that does not exist yet lists nothing."""
+        start = listing_prefix(prefix)
+        marker = ""
+        while True:
+            def page(conn: swiftclient.client.Connection, marker: str = marker) -> list[Any]:
+                self.listing_requests += 1
+                try:
+                    return list(conn.get_container(
+                        self.container, prefix=start + "/" if start else None, marker=marker,
+                        limit=self.list_page_size, full_listing=False)[1])
+                except ClientException as error:
+                    if error.http_status == 404:
+                        return []
+                    raise
+
+            items = self._run(f"listing of {start or 'the container'}", page)
+            for item in items:
+                if "name" not in item:
+                    continue  # a `subdir` entry (only with a delimiter, which is not sent)
+                etag = str(item.get("hash") or "") or None
+                large = "slo_etag" in item or "swift_bytes=" in str(item.get("content_type"))
+                yield RemoteEntry(item["name"], int(item.get("bytes") or 0),
+                                  md5=None if large or etag is None else etag, etag=etag,
+                                  mtime=_swift_time(item.get("last_modified")))
+            if not items:
+                return
+            marker = items[-1].get("name") or items[-1].get("subdir") or ""
+            if not marker:
+                return
+
     def probe(self) -> None:
         self._run("probe", lambda conn: conn.head_account())
+
+
+def _swift_time(text: object) -> float | None:
+    """Swift's listing time (`2024-01-31T12:00:00.123456`, UTC without a zone) as epoch seconds."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()

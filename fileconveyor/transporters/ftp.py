@@ -24,6 +24,7 @@ Protocol quirks this module is shaped by:
 """
 from __future__ import annotations
 
+import datetime
 import errno
 import ftplib
 import logging
@@ -32,20 +33,26 @@ import posixpath
 import socket
 import ssl
 import urllib.parse
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, Mapping, TypeVar
 
 from fileconveyor.transporters.base import (
     ConfigurationError,
+    DirectoryEntry,
     PermanentError,
+    RemoteEntry,
     RetryableError,
     ServerUnavailableError,
     Transporter,
     TransporterContext,
     TransporterError,
+    is_temporary_name,
     join_url,
+    listing_prefix,
     normalize_remote_path,
     refuse_long_names,
     open_local_file,
+    remote_parents,
+    walk_sorted,
 )
 from fileconveyor.transporters.temporary import (
     PendingTemporaryNames,
@@ -95,6 +102,7 @@ class FTPTransporter(Transporter):
         "port": "21", "path": "", "passive": "true", "tls": "false", "tls_verify": "true",
         "ca_file": "",
     }
+    can_list = True
 
     def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
         super().__init__(settings, context)
@@ -325,6 +333,16 @@ class FTPTransporter(Transporter):
             return "type=file;" in facts + ";"
         return self._size(ftp, path) is not None
 
+    @staticmethod
+    def _is_directory(ftp: ftplib.FTP, path: str) -> bool:
+        """Is `path` a directory? (CWD into it: every server has CWD; paths are absolute, so the
+        working directory it leaves behind matters to no other command.)"""
+        try:
+            ftp.voidcmd("CWD " + path)
+        except ftplib.error_perm:
+            return False
+        return True
+
     def _rename_into_place(self, ftp: ftplib.FTP, temp: str, target: str) -> None:
         try:
             ftp.rename(temp, target)
@@ -355,11 +373,24 @@ class FTPTransporter(Transporter):
                             f"FTP upload of {relative}: the server stored {stored} of {size} "
                             "bytes")
 
-            upload_via_temporary_name(self._pending, target, RenameIntoPlace(
+            protocol = RenameIntoPlace(
                 store=store,
                 rename=lambda temp, final: self._rename_into_place(ftp, temp, final),
                 remove=lambda path: self._remove(ftp, path),
-                connection_lost=lambda error: isinstance(error, _CONNECTION_ERRORS)))
+                connection_lost=lambda error: isinstance(error, _CONNECTION_ERRORS),
+                is_directory=lambda path: self._is_directory(ftp, path),
+                remove_directory=lambda path: ftp.voidcmd("RMD " + path))
+            parent = posixpath.dirname(target)
+            try:
+                upload_via_temporary_name(self._pending, target, protocol)
+            except ftplib.error_perm:
+                if self._is_directory(ftp, parent):
+                    raise
+                # The deletion of a directory's last file (on another connection) removed the
+                # emptied directory that this connection had cached as existing: once more.
+                self._known_dirs.clear()
+                self._ensure_dir(ftp, parent)
+                upload_via_temporary_name(self._pending, target, protocol)
 
         with local:
             self._run(f"upload of {relative}", put)
@@ -369,7 +400,18 @@ class FTPTransporter(Transporter):
     def delete(self, remote_path: str) -> None:
         relative = normalize_remote_path(remote_path)
 
-        self._run(f"delete of {relative}", lambda ftp: self._remove(ftp, self._full(relative)))
+        def remove(ftp: ftplib.FTP) -> None:
+            self._remove(ftp, self._full(relative))
+            # Emptied directories go too (as in a local destination), never the root: a file
+            # that later replaces a directory must find no empty directory in its place.
+            for parent in remote_parents(relative):
+                try:
+                    ftp.voidcmd("RMD " + self._full(parent))
+                except ftplib.all_errors:
+                    break  # not empty (or gone, or denied): its parents are not empty either
+                self._known_dirs.discard(self._full(parent))
+
+        self._run(f"delete of {relative}", remove)
 
     def _remove(self, ftp: ftplib.FTP, path: str) -> None:
         """DELE `path`; one that is already gone is not an error."""
@@ -385,5 +427,70 @@ class FTPTransporter(Transporter):
         return self._run(f"exists check of {relative}",
                          lambda ftp: self._is_file(ftp, self._full(relative)))
 
+    def list_files(self, prefix: str = "") -> Iterator[RemoteEntry]:
+        """A walk with MLSD (RFC 3659: machine-readable type, size and UTC time), one data
+        connection per directory; with LIST (the `ls -l` format nearly every server prints) on
+        servers without MLST. LIST gives no usable time and may hide dot files (temporary
+        names) on some servers."""
+        return walk_sorted(self._read_directory, listing_prefix(prefix))
+
+    def _read_directory(self, relative: str) -> list[DirectoryEntry] | None:
+        def read(ftp: ftplib.FTP) -> list[DirectoryEntry] | None:
+            full = self._full(relative)
+            self.listing_requests += 1
+            try:
+                if "MLST" in self._features:
+                    found = [entry for name, facts in ftp.mlsd(full)
+                             if (entry := _mlsd_entry(relative, name, facts)) is not None]
+                else:
+                    lines: list[str] = []
+                    ftp.retrlines("LIST " + full, lines.append)
+                    found = [entry for line in lines
+                             if (entry := _list_entry(relative, line)) is not None]
+            except ftplib.error_perm as error:
+                if not self._is_directory(ftp, full):  # 550 or 501, depending on the server
+                    return None  # no such directory (or a file): nothing below it
+                raise
+            return found
+
+        return self._run(f"listing of {relative or 'the root'}", read)
+
     def probe(self) -> None:
         self._run("probe", lambda ftp: ftp.voidcmd("NOOP"))
+
+
+def _mlsd_entry(relative: str, name: str, facts: Mapping[str, str]) -> DirectoryEntry | None:
+    kind = facts.get("type", "").lower()
+    if kind == "dir":
+        return name, None
+    if kind != "file" or "/" in name:
+        return None  # cdir, pdir, links the server reports as such
+    modify = facts.get("modify", "")
+    mtime = None
+    if len(modify) >= 14 and modify[:14].isdigit():
+        moment = datetime.datetime.strptime(modify[:14], "%Y%m%d%H%M%S")
+        fraction = float("0" + modify[14:]) if modify[14:15] == "." else 0.0
+        mtime = moment.replace(tzinfo=datetime.timezone.utc).timestamp() + fraction
+    size = facts.get("size", "")
+    return name, RemoteEntry(f"{relative}/{name}" if relative else name,
+                             int(size) if size.isdigit() else 0, mtime=mtime,
+                             temporary=is_temporary_name(name))
+
+
+def _list_entry(relative: str, line: str) -> DirectoryEntry | None:
+    """One line of `LIST` in the Unix `ls -l` format: `-rw-r--r-- 1 owner group SIZE Mon DD
+    HH:MM name` (the name may contain spaces; a link ends in ` -> target`)."""
+    fields = line.split(None, 8)
+    if len(fields) < 9 or not fields[4].isdigit():
+        return None
+    name = fields[8]
+    if name in (".", ".."):
+        return None
+    if line.startswith("d"):
+        return name, None
+    if line.startswith("l"):
+        name = name.split(" -> ", 1)[0]
+    elif not line.startswith("-"):
+        return None
+    return name, RemoteEntry(f"{relative}/{name}" if relative else name, int(fields[4]),
+                             temporary=is_temporary_name(name))

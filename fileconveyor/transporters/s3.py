@@ -78,6 +78,7 @@ from fileconveyor.transporters.base import (
     ConfigurationError,
     ObjectOptions,
     PermanentError,
+    RemoteEntry,
     RetryableError,
     ServerUnavailableError,
     SourceVanishedError,
@@ -87,6 +88,7 @@ from fileconveyor.transporters.base import (
     content_type_for,
     http_date_problems,
     join_url,
+    listing_prefix,
     local_file_error,
     normalize_remote_path,
 )
@@ -138,6 +140,8 @@ RETRYABLE_CODES = frozenset({
 })
 
 _T = TypeVar("_T")
+#: An ETag that may be an MD5 (a multipart upload's ends in `-<parts>`).
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
 
 
 def parse_size(text: str) -> int:
@@ -459,6 +463,7 @@ class S3Transporter(Transporter):
         "multipart_concurrency": "4",
     }
     can_resume_multipart = True
+    can_list = True
 
     def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
         super().__init__(settings, context)
@@ -687,6 +692,45 @@ class S3Transporter(Transporter):
                 self._drop_client()
             raise classified from error
         return True
+
+    def list_files(self, prefix: str = "") -> Iterator[RemoteEntry]:
+        """ListObjectsV2, page by page (`list_page_size` keys, S3's default 1,000), in S3's
+        order (UTF-8 bytes of the key). The ETag is the MD5 of the content only for an object
+        uploaded in one PUT (no `-N` suffix) and not encrypted with SSE-KMS or SSE-C: the bucket's
+        default encryption is asked once per listing (without permission to read it, ETags are
+        taken as MD5s, which is right for every bucket that does not use KMS)."""
+        start = listing_prefix(prefix)
+        client = self._connect()
+        etags_are_md5 = self._etags_are_md5(client)
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": start + "/" if start else ""}
+        if self.list_page_size:
+            arguments["MaxKeys"] = self.list_page_size
+        while True:
+            self.listing_requests += 1
+            page = self._call(f"listing {arguments['Prefix'] or 'the bucket'}",
+                              client.list_objects_v2, **arguments)
+            for item in page.get("Contents", ()):
+                etag = str(item.get("ETag", "")).strip('"') or None
+                md5 = etag if etags_are_md5 and etag and _MD5_HEX.fullmatch(etag) else None
+                modified = item.get("LastModified")
+                yield RemoteEntry(item["Key"], int(item.get("Size", 0)), md5=md5, etag=etag,
+                                  mtime=modified.timestamp() if modified is not None else None)
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            arguments["ContinuationToken"] = token
+
+    def _etags_are_md5(self, client: Any) -> bool:
+        """False if the bucket encrypts new objects with KMS by default (then no ETag is an MD5)."""
+        try:
+            reply = client.get_bucket_encryption(Bucket=self.bucket)
+        except Exception as error:  # noqa: BLE001 - no configuration, or no permission to read it
+            logger.debug("bucket %s: default encryption unknown (%s); ETags taken as MD5s",
+                         self.bucket, error)
+            return True
+        rules = reply.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
+        return not any("kms" in str(rule.get("ApplyServerSideEncryptionByDefault", {})
+                                    .get("SSEAlgorithm", "")).lower() for rule in rules)
 
     def delete(self, remote_path: str) -> None:
         key = normalize_remote_path(remote_path)

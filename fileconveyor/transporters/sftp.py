@@ -35,22 +35,28 @@ import socket
 import stat
 import threading
 import urllib.parse
-from typing import Callable, ClassVar, Mapping, TypeVar
+from typing import Callable, ClassVar, Iterator, Mapping, TypeVar
 
 import paramiko
 
 from fileconveyor.transporters.base import (
     ConfigurationError,
+    DirectoryEntry,
     PermanentError,
+    RemoteEntry,
     RetryableError,
     ServerUnavailableError,
     Transporter,
     TransporterContext,
     TransporterError,
+    is_temporary_name,
     join_url,
+    listing_prefix,
     normalize_remote_path,
     refuse_long_names,
     open_local_file,
+    remote_parents,
+    walk_sorted,
 )
 from fileconveyor.transporters.temporary import (
     PendingTemporaryNames,
@@ -144,6 +150,7 @@ class SFTPTransporter(Transporter):
         "accept_new_host_key": "false", "ssh_config": "~/.ssh/config",
     }
     can_move = True
+    can_list = True
 
     def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
         super().__init__(settings, context)
@@ -414,12 +421,24 @@ class SFTPTransporter(Transporter):
                 local.seek(0)
                 sftp.putfo(local, temp, file_size=os.fstat(local.fileno()).st_size, confirm=True)
 
-            upload_via_temporary_name(self._pending, target, RenameIntoPlace(
+            protocol = RenameIntoPlace(
                 store=store,
                 rename=lambda temp, final: self._rename_into_place(sftp, temp, final),
                 remove=lambda path: _remove(sftp, path),
                 connection_lost=lambda error: (isinstance(error, _CONNECTION_ERRORS)
-                                               or not self._alive())))
+                                               or not self._alive()),
+                is_directory=lambda path: _is_directory(sftp, path),
+                remove_directory=sftp.rmdir)
+            try:
+                upload_via_temporary_name(self._pending, target, protocol)
+            except IOError as error:
+                if isinstance(error, _CONNECTION_ERRORS) or error.errno != errno.ENOENT:
+                    raise
+                # The deletion of a directory's last file (on another connection) removed the
+                # emptied directory that this connection had cached as existing: once more.
+                self._known_dirs.clear()
+                self._ensure_dir(sftp, posixpath.dirname(target))
+                upload_via_temporary_name(self._pending, target, protocol)
 
         with local:
             self._run(f"upload of {relative}", put)
@@ -428,7 +447,19 @@ class SFTPTransporter(Transporter):
 
     def delete(self, remote_path: str) -> None:
         relative = normalize_remote_path(remote_path)
-        self._run(f"delete of {relative}", lambda sftp: _remove(sftp, self._full(relative)))
+
+        def remove(sftp: paramiko.SFTPClient) -> None:
+            _remove(sftp, self._full(relative))
+            # Emptied directories go too (as in a local destination), never the root: a file
+            # that later replaces a directory must find no empty directory in its place.
+            for parent in remote_parents(relative):
+                try:
+                    sftp.rmdir(self._full(parent))
+                except IOError:
+                    break  # not empty (or gone, or denied): its parents are not empty either
+                self._known_dirs.discard(self._full(parent))
+
+        self._run(f"delete of {relative}", remove)
 
     def exists(self, remote_path: str) -> bool:
         relative = normalize_remote_path(remote_path)
@@ -442,6 +473,49 @@ class SFTPTransporter(Transporter):
                 raise
 
         return self._run(f"stat of {relative}", check)
+
+    def list_files(self, prefix: str = "") -> Iterator[RemoteEntry]:
+        """A walk with READDIR (attributes come with the names: one round trip per directory
+        and page of names). A symlink is stat()ed for what it points at."""
+        return walk_sorted(self._read_directory, listing_prefix(prefix))
+
+    def _read_directory(self, relative: str) -> list[DirectoryEntry] | None:
+        full = self._full(relative) if relative else (self._root or ".")
+
+        def read(sftp: paramiko.SFTPClient) -> list[DirectoryEntry] | None:
+            self.listing_requests += 1
+            try:
+                attributes = sftp.listdir_attr(full)
+            except IOError as error:
+                if isinstance(error, _CONNECTION_ERRORS):
+                    raise
+                if error.errno == errno.ENOENT or not _is_directory(sftp, full):
+                    return None  # no such directory (or a file): nothing below it
+                raise
+            found: list[DirectoryEntry] = []
+            for item in attributes:
+                name = item.filename
+                mode = item.st_mode or 0
+                if stat.S_ISLNK(mode):
+                    try:
+                        item = sftp.stat(posixpath.join(full, name))
+                    except IOError as error:
+                        if error.errno == errno.ENOENT:
+                            continue  # dangling
+                        raise
+                    mode = item.st_mode or 0
+                    if stat.S_ISDIR(mode):
+                        continue  # not entered: it could lead out of the root
+                if stat.S_ISDIR(mode):
+                    found.append((name, None))
+                elif stat.S_ISREG(mode):
+                    path = f"{relative}/{name}" if relative else name
+                    found.append((name, RemoteEntry(
+                        path, item.st_size or 0, mtime=item.st_mtime,
+                        temporary=is_temporary_name(name))))
+            return found
+
+        return self._run(f"listing of {relative or 'the root'}", read)
 
     def move(self, old_remote_path: str, new_remote_path: str) -> str:
         old, new = normalize_remote_path(old_remote_path), normalize_remote_path(new_remote_path)
@@ -464,10 +538,28 @@ class SFTPTransporter(Transporter):
         self._run("probe", look)
 
 
+def _is_directory(sftp: paramiko.SFTPClient, path: str) -> bool:
+    try:
+        return stat.S_ISDIR(sftp.lstat(path).st_mode or 0)
+    except IOError as error:
+        if error.errno == errno.ENOENT:
+            return False
+        raise
+
+
 def _remove(sftp: paramiko.SFTPClient, path: str) -> None:
-    """Remove `path`; one that is already gone is not an error."""
+    """Remove the file `path`; one that is already gone is not an error, and neither is a name
+    that is now a directory (a directory replaced the file: the file is gone; SFTP says only
+    "Failure" when asked to remove a directory)."""
     try:
         sftp.remove(path)
     except IOError as error:
-        if error.errno != errno.ENOENT:
-            raise
+        if error.errno == errno.ENOENT:
+            return
+        try:
+            if stat.S_ISDIR(sftp.lstat(path).st_mode or 0):
+                return
+        except IOError as missing:
+            if missing.errno == errno.ENOENT:
+                return
+        raise

@@ -14,6 +14,11 @@ name in the target's own directory (`.<name>.fctmp-<random>`, a copy 0600 until 
 temporary name is recorded in the state directory first and swept at start-up (`temporary.py`),
 so a `kill -9` in the middle of a copy leaves nothing behind for long.
 
+`symlinkWithin` (the original injected it, always with every scan path) keeps its meaning and may
+now be set: colon-separated directories; only source files below one of them are symlinked, the
+others copied; empty: copy everything (a web root that must not depend on the source tree, or a
+web server that does not follow symlinks). Absent: every scan path.
+
 The root cannot be escaped: remote paths are normalised, and the real path of the target directory
 must stay below the real path of `location` (a symlinked directory inside the web root that points
 elsewhere is refused rather than written through).
@@ -24,12 +29,14 @@ import errno
 import os
 import shutil
 import stat
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Iterator, Mapping
 
 from fileconveyor.filter import is_within
 from fileconveyor.transporters.base import (
     ConfigurationError,
+    DirectoryEntry,
     PermanentError,
+    RemoteEntry,
     RetryableError,
     ServerUnavailableError,
     Transporter,
@@ -37,9 +44,11 @@ from fileconveyor.transporters.base import (
     TransporterError,
     is_temporary_name,
     join_url,
+    listing_prefix,
     normalize_remote_path,
     refuse_long_names,
     open_local_file,
+    walk_sorted,
 )
 from fileconveyor.transporters.temporary import (
     PendingTemporaryNames,
@@ -60,11 +69,15 @@ class SymlinkOrCopyTransporter(Transporter):
     name = "symlink_or_copy"
     valid_settings = frozenset({"location", "url", "symlinkWithin"})
     required_settings = frozenset({"location", "url"})
+    can_list = True
 
     def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
         super().__init__(settings, context)
         self.location = os.path.abspath(os.path.expanduser(self.settings["location"].strip()))
         self.base_url = self.settings["url"].strip()
+        within = self.settings.get("symlinkWithin")
+        #: Directories whose source files are symlinked (None: every source tree).
+        self.symlink_within: tuple[str, ...] | None = None if within is None else _directories(within)
         self._pending = PendingTemporaryNames(context.state_dir, context.server_name)
         self._swept = False
         #: (st_dev of the private temporary directory, its path), once it was made and checked.
@@ -76,6 +89,10 @@ class SymlinkOrCopyTransporter(Transporter):
         location = (settings.get("location") or "").strip()
         if location and not os.path.isabs(os.path.expanduser(location)):
             problems.append(f"<location> must be an absolute directory path, not {location!r}")
+        for directory in (settings.get("symlinkWithin") or "").split(":"):
+            if directory.strip() and not os.path.isabs(os.path.expanduser(directory.strip())):
+                problems.append(f"<symlinkWithin> holds {directory.strip()!r}; write absolute directories "
+                                "separated by ':', or leave it empty to copy every file")
         url = (settings.get("url") or "").strip()
         if url and "://" not in url:
             problems.append(f"<url> must be an absolute URL such as http://static.example.com/, not {url!r}")
@@ -106,7 +123,8 @@ class SymlinkOrCopyTransporter(Transporter):
         try:
             upload_via_temporary_name(
                 self._pending, target,
-                RenameIntoPlace(store=store, rename=os.replace, remove=_remove_missing_ok),
+                RenameIntoPlace(store=store, rename=os.replace, remove=_remove_missing_ok,
+                                is_directory=_is_real_directory, remove_directory=os.rmdir),
                 directory=self._temporary_directory_for(os.path.dirname(target)))
         except OSError as error:
             raise self._classify(error, f"cannot publish {local_path!r} as {target!r}") from None
@@ -117,6 +135,8 @@ class SymlinkOrCopyTransporter(Transporter):
 
     def delete(self, remote_path: str) -> None:
         relative = normalize_remote_path(remote_path)
+        if self._replaced_by_another_kind(relative):
+            return
         target = self._target(relative, create_parent=False)
         try:
             os.unlink(target)
@@ -126,9 +146,65 @@ class SymlinkOrCopyTransporter(Transporter):
             raise self._classify(error, f"cannot delete {target!r}") from None
         self._remove_empty_parents(os.path.dirname(target))
 
+    def _replaced_by_another_kind(self, relative: str) -> bool:
+        """Is the file at `relative` certainly gone because its name, or a directory on the way,
+        is now something else? A directory on the way replaced by a file (or a link to one) means
+        nothing below it is ours; the name itself now a directory means a directory replaced the
+        file. Deleting is then done, not an error (it was refused as "outside of the location")."""
+        current = self.location
+        parts = relative.split("/")
+        for part in parts[:-1]:
+            current = os.path.join(current, part)
+            try:
+                if not stat.S_ISDIR(os.lstat(current).st_mode):
+                    return True
+            except FileNotFoundError:
+                return True
+        try:
+            return stat.S_ISDIR(os.lstat(os.path.join(current, parts[-1])).st_mode)
+        except FileNotFoundError:
+            return True
+
     def exists(self, remote_path: str) -> bool:
         target = self._target(normalize_remote_path(remote_path), create_parent=False)
         return os.path.isfile(target)  # follows symlinks: a dangling link is a missing file
+
+    def list_files(self, prefix: str = "") -> Iterator[RemoteEntry]:
+        """scandir, one directory at a time. Published symlinks are followed for the size and
+        mtime of what they serve; a dangling one is not listed (a web server serves nothing
+        there); symlinked directories are not entered (they could lead out of the root)."""
+        start = listing_prefix(prefix)
+        if start:
+            if not os.path.isdir(os.path.join(self.location, start)):
+                return iter(())  # missing, or a file: nothing below it
+            self._target(start + "/x", create_parent=False)  # refuses a way out of the root
+        return walk_sorted(self._read_directory, start)
+
+    def _read_directory(self, relative: str) -> list[DirectoryEntry] | None:
+        directory = os.path.join(self.location, relative)
+        self.listing_requests += 1
+        temporary = relative == TEMP_DIRECTORY or relative.startswith(TEMP_DIRECTORY + "/")
+        found: list[DirectoryEntry] = []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    path = f"{relative}/{entry.name}" if relative else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        found.append((entry.name, None))
+                        continue
+                    try:
+                        info = entry.stat()  # follows a published link to what it serves
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(info.st_mode):
+                        found.append((entry.name, RemoteEntry(
+                            path, info.st_size, mtime=info.st_mtime,
+                            temporary=temporary or is_temporary_name(entry.name))))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as error:
+            raise self._classify(error, f"cannot list {directory!r}") from None
+        return found
 
     def url_for(self, remote_path: str) -> str:
         return join_url(self.base_url, normalize_remote_path(remote_path))
@@ -154,7 +230,11 @@ class SymlinkOrCopyTransporter(Transporter):
     # --- helpers ---------------------------------------------------------------------------
 
     def _is_source_file(self, local_path: str) -> bool:
-        return any(is_within(root, local_path) for root in self.context.source_roots)
+        """Is `local_path` a source file to publish as a symlink? Not a processed copy (it goes
+        when its run ends), and only below `symlinkWithin` when that is set."""
+        if not any(is_within(root, local_path) for root in self.context.source_roots):
+            return False
+        return self.symlink_within is None or any(is_within(d, local_path) for d in self.symlink_within)
 
     def _target(self, relative: str, create_parent: bool) -> str:
         target = os.path.join(self.location, relative)
@@ -236,6 +316,15 @@ class SymlinkOrCopyTransporter(Transporter):
         if error.errno in _PERMANENT_ERRNOS:
             return PermanentError(message)
         return RetryableError(message)
+
+
+def _is_real_directory(path: str) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def _directories(value: str) -> tuple[str, ...]:
+    """`symlinkWithin`'s colon-separated directories, normalised (`~` expanded)."""
+    return tuple(os.path.normpath(os.path.expanduser(part.strip())) for part in value.split(":") if part.strip())
 
 
 def _remove_missing_ok(path: str) -> None:

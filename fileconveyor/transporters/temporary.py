@@ -36,7 +36,7 @@ import secrets
 import urllib.parse
 from typing import Callable, Iterator
 
-from fileconveyor.transporters.base import is_temporary_name, temporary_name
+from fileconveyor.transporters.base import PermanentError, is_temporary_name, temporary_name
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,10 @@ class RenameIntoPlace:
     remove: Callable[[str], None]
     #: Is the connection gone after this error (so nothing more can be done on it now)?
     connection_lost: Callable[[BaseException], bool] = lambda error: False
+    #: Is there a directory at this path? (None: the destination has no directories.)
+    is_directory: Callable[[str], bool] | None = None
+    #: Remove the directory at this path if it is empty; raise if it is not (or cannot go).
+    remove_directory: Callable[[str], None] | None = None
 
 
 def upload_via_temporary_name(pending: PendingTemporaryNames, target: str,
@@ -199,7 +203,12 @@ def upload_via_temporary_name(pending: PendingTemporaryNames, target: str,
     with pending.recorded(temp) as forget:
         try:
             protocol.store(temp)
-            protocol.rename(temp, target)
+            try:
+                protocol.rename(temp, target)
+            except Exception as error:
+                if protocol.connection_lost(error) or not _clear_empty_directory(protocol, target):
+                    raise
+                protocol.rename(temp, target)
         except BaseException as error:
             if not protocol.connection_lost(error):
                 try:
@@ -210,3 +219,26 @@ def upload_via_temporary_name(pending: PendingTemporaryNames, target: str,
                     forget()
             raise
         forget()
+
+
+def _clear_empty_directory(protocol: RenameIntoPlace, target: str) -> bool:
+    """After a failed rename onto `target`: True if an empty directory was in the way and is gone
+    (try the rename again), False if no directory is there (the rename failed for another reason).
+
+    A file that replaces a directory in the source arrives after the files below the directory
+    were deleted remotely; a directory that is still not empty then (files a rule no longer
+    sends, or someone else's) is the file's PermanentError: retrying cannot help."""
+    if protocol.is_directory is None or protocol.remove_directory is None \
+            or not protocol.is_directory(target):
+        return False
+    try:
+        protocol.remove_directory(target)
+    except Exception as error:  # noqa: BLE001 - decided by looking again, below
+        if protocol.is_directory(target):
+            raise PermanentError(
+                f"cannot put a file at {target}: a directory that is not empty is in its place "
+                f"on the destination ({error or type(error).__name__}); remove that directory "
+                "on the server (or rename the file), then retry the file") from None
+    logger.info("removed the empty directory %s that was in the place of an uploaded file",
+                target)
+    return True

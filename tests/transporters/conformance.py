@@ -83,6 +83,7 @@ from fileconveyor.transporters.base import (
     TransporterContext,
 )
 from tests.servers._loopback import fetch, files_below, free_port
+from tests.transporters.conformance_tree import TreeConformance
 
 MiB = 1024 * 1024
 
@@ -317,8 +318,9 @@ class ServesDirectories(Protocol):
     def start(self) -> None: ...
 
 
-class TransporterConformance:
-    """Inherit this and provide the `harness` fixture (and optionally `restartable_harness`)."""
+class TransporterConformance(TreeConformance):
+    """Inherit this and provide the `harness` fixture (and optionally `restartable_harness`).
+    Directories in the way and listings are tested by `TreeConformance` (conformance_tree.py)."""
 
     #: Test name -> why this transporter cannot pass it (the test is skipped with this reason).
     known_gaps: ClassVar[Mapping[str, str]] = {}
@@ -396,6 +398,29 @@ class TransporterConformance:
         transporter.delete("sub/d.txt")  # already gone: not an error
         transporter.delete("never/existed.txt")
         assert harness.list() == []
+
+    def test_delete_of_a_file_whose_name_is_now_a_directory_is_done(
+            self, harness: RemoteHarness, transporter: Transporter, tmp_path: pathlib.Path) -> None:
+        """A file replaced by a directory: the directory's file may be published before the old
+        file's deletion runs. That deletion is done (the file is gone), not an error retried for
+        ever (local said "Is a directory", SFTP "Failure"); the directory stays."""
+        (tmp_path / "f").write_bytes(b"file")
+        transporter.upload(str(tmp_path / "f"), "n.txt")
+        transporter.delete("n.txt")
+        transporter.upload(str(tmp_path / "f"), "n.txt/inner")
+        transporter.delete("n.txt")
+        assert harness.list() == ["n.txt/inner"]
+
+    def test_delete_below_a_name_that_is_now_a_file_is_done(
+            self, harness: RemoteHarness, transporter: Transporter, tmp_path: pathlib.Path) -> None:
+        """A directory replaced by a file: deleting a file that was below the directory is done
+        (local refused it as "outside of the location" for ever); the new file stays."""
+        (tmp_path / "f").write_bytes(b"file")
+        transporter.upload(str(tmp_path / "f"), "d/n.txt")
+        transporter.delete("d/n.txt")
+        transporter.upload(str(tmp_path / "f"), "d")
+        transporter.delete("d/n.txt")
+        assert harness.list() == ["d"] and harness.read("d") == b"file"
 
     def test_exists(self, transporter: Transporter, tmp_path: pathlib.Path) -> None:
         (tmp_path / "e").write_bytes(b"here")

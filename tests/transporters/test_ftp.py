@@ -171,3 +171,19 @@ def test_check_settings_values(ftpsd: FTPServer, tmp_path: pathlib.Path) -> None
          "ca_file": str(tmp_path / "missing.pem")}))
     for expected in ("<port>", "<url>", "<tls>", "<ca_file>"):
         assert expected in problems
+
+
+def test_listing_with_list_on_a_server_without_mlsd(make, tmp_path: pathlib.Path) -> None:
+    # pyftpdlib has MLSD; a server without it is imitated by hiding MLST from the features the
+    # transporter read at login (FEAT), so the same server answers the LIST fallback.
+    from tests.transporters.conformance_tree import TREE, _upload_tree
+    from fileconveyor.transporters.base import listing_key
+
+    transporter = make()
+    _upload_tree(transporter, tmp_path)
+    transporter._features.discard("MLST")
+    entries = list(transporter.list_files())
+    assert [e.path for e in entries] == sorted(TREE, key=listing_key)
+    assert [e.size for e in entries] == [len(TREE[e.path]) for e in entries]
+    assert [e.path for e in transporter.list_files("a/b")] == ["a/b/c.txt", "a/b/d e.txt"]
+    assert list(transporter.list_files("nope")) == []
