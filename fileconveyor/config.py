@@ -738,18 +738,14 @@ class _Loader:
         rules = self.load_rules(root, sources, servers)
         self.warn_unused_servers(servers, rules)
         settings = self.load_settings(root)
+        self.check_trees(root, sources, servers, rules, ignored, settings)
         if self.has_errors or settings is None:
             return None
         return Config(path=os.path.abspath(self.path), sources=types.MappingProxyType(sources),
                       servers=types.MappingProxyType(servers), rules=rules, ignored_dirs=ignored,
-        self.check_trees(root, sources, servers, rules, ignored, settings)
                       settings=settings, warnings=tuple(p for p in self.problems if p.severity == "warning"))
 
 
-def _conditions(element: etree._Element, allowed: tuple[str, ...], lines: dict[str, int],
-                prefix: str) -> dict[str, object]:
-    """The filter conditions among `element`'s children, as Filter takes them; the line of each
-    goes into `lines` under `prefix + name` (and of the element itself under the bare prefix), the
     # what the trees may hold (issue 7 items 4 and 17)
 
     def check_trees(self, root: etree._Element, sources: Mapping[str, Source], servers: Mapping[str, Server],
@@ -922,6 +918,10 @@ def written_by_daemon(config: Config) -> tuple[str, ...]:
     return tuple(p for p in dict.fromkeys(paths) if p)
 
 
+def _conditions(element: etree._Element, allowed: tuple[str, ...], lines: dict[str, int],
+                prefix: str) -> dict[str, object]:
+    """The filter conditions among `element`'s children, as Filter takes them; the line of each
+    goes into `lines` under `prefix + name` (and of the element itself under the bare prefix), the
     keys FilterError.condition uses. Unknown and repeated children are reported as structure."""
     conditions: dict[str, object] = {}
     if prefix:
