@@ -79,7 +79,9 @@ def setup_logging(settings: Settings, console: bool = True, verbose: bool = Fals
 # --- commands -----------------------------------------------------------------------------------
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(os.path.abspath(args.config))
+    # Only the commands that watch the trees need every scanPath to exist: stop, status and
+    # verify must work while one is missing (it is a warning for them).
+    return load_config(os.path.abspath(args.config), for_daemon=args.command in ("run", "start"))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -259,6 +261,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                                                       if runtime.get("overflows") else ""))
         for tree in runtime.get("polled_trees", []):
             print(f"    polled (out of inotify watches): {tree}")
+        for tree, target in sorted(runtime.get("resolved_roots", {}).items()):
+            print(f"    {tree} is a symlink: watching {target}")
+        for item in runtime.get("unwatched", []):
+            print(f"  {item['kind']} NOT WATCHED for {time.time() - item['since']:.0f} s: {item['path']}: {item['reason']}")
+        hidden = runtime.get("unwatched_count", 0) - len(runtime.get("unwatched", []))
+        if hidden > 0:
+            print(f"  ... and {hidden} more not watched (see the log)")
         for server, state_ in sorted(runtime.get("servers", {}).items()):
             if state_.get("paused"):
                 since = state_.get("paused_since")

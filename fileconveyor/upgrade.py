@@ -703,7 +703,7 @@ def _state_settings(args: argparse.Namespace) -> types.SimpleNamespace:
     if args.config:
         from fileconveyor.config import load_config
 
-        settings = load_config(args.config).settings
+        settings = load_config(args.config, for_daemon=False).settings
     else:
         settings = settings_module.defaults(os.getcwd())
     return types.SimpleNamespace(

@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requeue", action="store_true")
     args = parser.parse_args(argv)
     try:
-        config = load_config(os.path.abspath(args.config))
+        config = load_config(os.path.abspath(args.config), for_daemon=False)
     except ConfigError as error:
         for problem in error.problems:
             print(str(problem), file=sys.stderr)
