@@ -186,7 +186,10 @@ class Trip:
         problem = conveyor.unsyncable_reason(self.path)
         if problem is not None:
             # Not an error of the file's servers: nothing to retry until the path changes again.
+            # What was published for this path must go: a link in a web root to a source that is
+            # now a link out of the tree (or a FIFO) would serve the secret (or hang the server).
             log.info("Not syncing %s: %s", self.path, problem)
+            self._plan_deletion()
             return
         try:
             self.identity = SourceIdentity.of(os.stat(self.path))

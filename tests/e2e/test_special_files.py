@@ -111,3 +111,23 @@ def test_a_synced_file_replaced_by_a_fifo_is_unpublished(tmp_path, backend):
             wait_for(lambda: not os.path.lexists(published), 30, "the published copy to be removed")
         except AssertionError as error:
             raise AssertionError(f"{error}\n{daemon.log_tail()}") from None
+
+
+@pytest.mark.parametrize("mode", ["symlink", "copy"])
+def test_a_synced_file_replaced_by_a_link_out_of_the_tree_is_unpublished(tmp_path, mode):
+    """The planning refuses the link, but the copy published before must go as well: in link mode
+    the web root's link points at the source path, which now leads to the secret."""
+    setup = write_config(tmp_path, processors=COPY if mode == "copy" else ())
+    secret = _leaky_tree(setup.root, setup.source)
+    path = os.path.join(setup.source, "a.txt")
+    with Daemon(setup) as daemon:
+        write(path, "a")
+        wait_for(lambda: tree(setup.dest).get("a.txt") == b"a", 30, "a.txt to be published")
+        staged = os.path.join(setup.root, "staged-link")
+        os.symlink(secret, staged)
+        os.rename(staged, path)
+        try:
+            wait_for(lambda: "a.txt" not in tree(setup.dest), 30, "the published copy to be removed")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{daemon.log_tail()}") from None
+        assert not any(b"TOP SECRET" in data for data in tree(setup.dest).values())
