@@ -709,6 +709,10 @@ class _Loader:
                     self.error(child, f"setting {error}")
                     continue
                 overrides[name] = value
+                ignored = settings_module.SPECS_BY_NAME[name].ignored
+                if ignored:
+                    self.warning(child, f"<{name}> is accepted for compatibility with the original File "
+                                        f"Conveyor and ignored: {ignored}; remove it")
         try:
             return settings_module.resolve(overrides, self.base_dir)
         except SettingError as error:

@@ -87,6 +87,9 @@ class SettingSpec:
     #: For a path default: the path setting whose directory the default is relative to (instead of
     #: the config file's directory). An explicit value is still relative to the config file.
     beside: str | None = None
+    #: For a setting of the original that means nothing here: why, and what to use instead.
+    #: `check-config` warns on the line that sets it (issue 11: accepted, but doing nothing).
+    ignored: str = ""
 
 
 SPECS: tuple[SettingSpec, ...] = (
@@ -117,11 +120,19 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("MAX_SIMULTANEOUS_PROCESSORCHAINS", 1, _positive_int),
     SettingSpec("MAX_SIMULTANEOUS_TRANSPORTERS", 10, _positive_int,
                 doc="transporter threads across all servers"),
+    # The original's per-transporter queues and polled stages are gone: these three are accepted so
+    # that old settings still load, and check-config says that they do nothing.
     SettingSpec("MAX_TRANSPORTER_QUEUE_SIZE", 1, _positive_int,
-                doc="kept for compatibility; work is handed to idle transporters"),
+                ignored="each server's pool hands a file to whichever of its connections is idle, so "
+                        "there is no per-transporter queue to bound; maxConnections and "
+                        "MAX_SIMULTANEOUS_TRANSPORTERS bound the transfers"),
     SettingSpec("QUEUE_PROCESS_BATCH_SIZE", 20, _positive_int,
-                doc="events committed per pipeline transaction"),
-    SettingSpec("CALLBACKS_CONSOLE_OUTPUT", False, _bool, doc="kept for compatibility"),
+                ignored="no stage is polled in batches any more: events are committed as the monitor "
+                        "delivers them and finished uploads as they complete (docs/architecture.md); "
+                        "MAX_FILES_IN_PIPELINE bounds the work in flight"),
+    SettingSpec("CALLBACKS_CONSOLE_OUTPUT", False, _bool,
+                ignored="set CONSOLE_LOGGER_LEVEL to INFO to see every synced and deleted file on the "
+                        "console"),
     SettingSpec("CONSOLE_LOGGER_LEVEL", logging.WARNING, _level),
     SettingSpec("FILE_LOGGER_LEVEL", logging.INFO, _level),
     SettingSpec("RETRY_INTERVAL", 30.0, _non_negative_float,
