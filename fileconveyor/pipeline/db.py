@@ -306,12 +306,12 @@ class Database:
                 if deadline is not None and time.monotonic() + delay > deadline:
                     _note_recovered(self.path)  # the caller reports it; nothing keeps retrying
                     raise
-                state = _note_problem(self.path, error)
+                # transaction() has noted the problem for degraded(); say it here, now and then.
                 if time.monotonic() - last_log >= RELOG_INTERVAL:
                     last_log = time.monotonic()
                     log.error("Cannot write %s (%s); retrying every %.0f s at most until it works",
                               self.path, error, RETRY_MAX_DELAY)
-                log.debug("%s: attempt %d failed: %s", self.path, state.attempts, error)
+                log.debug("%s: attempt failed: %s", self.path, error)
                 self._backoff(delay)
                 delay = min(delay * 2, RETRY_MAX_DELAY)
                 continue
@@ -377,7 +377,10 @@ class Database:
         while True:
             try:
                 with self._lock:
-                    return self._conn.execute(sql, tuple(params)).fetchall()
+                    rows = self._conn.execute(sql, tuple(params)).fetchall()
+                if delay > RETRY_FIRST_DELAY:  # only a wait of this read clears its own mark
+                    _note_recovered(self.path)
+                return rows
             except sqlite3.Error as error:
                 problem = classify(self.path, error)
                 if _code(error) not in (_SQLITE_BUSY, _SQLITE_LOCKED):
