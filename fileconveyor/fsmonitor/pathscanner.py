@@ -174,6 +174,7 @@ class PathScanner:
         self.db_path = db_path
         #: True when a damaged index was moved aside and this one started empty.
         self.rebuilt = False
+        self._moved_aside = False
         try:
             self.db = self._open_checked()
         except DatabaseDamaged as error:
@@ -203,35 +204,52 @@ class PathScanner:
                                   self.db_path)
         return db
 
-    def _rebuild(self, reason: str) -> Database:
+    def _move_aside(self, reason: str, consequence: str) -> None:
         aside = f"{self.db_path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
         os.replace(self.db_path, aside)
         for suffix in ("-wal", "-shm", "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(self.db_path + suffix, aside + suffix)
-        log.error("The path index %s is damaged (%s); moved it to %s and started a new index: every "
-                  "file of every watched tree is compared again (re-synced) at this start", self.db_path,
-                  reason, aside)
+        log.error("The path index %s is damaged (%s); moved it to %s: %s", self.db_path, reason, aside, consequence)
+
+    def _rebuild(self, reason: str) -> Database:
+        self._move_aside(reason, "started a new index; every file of every watched tree is compared "
+                                 "again (re-synced) at this start")
         self.rebuilt = True
         return self._open()
+
+    @contextlib.contextmanager
+    def _damage_moves_aside(self) -> Iterator[None]:
+        """Damage met while running (after a good quick_check at open) moves the file aside at
+        once, so that the restart this error causes opens a new index instead of the same damage."""
+        try:
+            yield
+        except DatabaseDamaged as error:
+            if self.db_path != ":memory:" and os.path.exists(self.db_path) and not self._moved_aside:
+                self._moved_aside = True
+                self._move_aside(str(error), "the next start builds a new one and compares every file again")
+            raise
 
     def close(self) -> None:
         self.db.close()
 
     def get(self, key: Key) -> Entry | None:
-        rows = self.db.query(_SELECT_ONE, key)
+        with self._damage_moves_aside():
+            rows = self.db.query(_SELECT_ONE, key)
         return None if not rows else Entry(rows[0][0], rows[0][1], bool(rows[0][2]))
 
     def known_below(self, directory: str) -> dict[Key, Entry]:
         """Every row inside `directory` (its entries and everything below them), one query.
         Holds them all in memory: for tools and tests; scans use `children` and `below`."""
         lo, hi = prefix_range(directory)
-        rows = self.db.query(_SELECT_BELOW, (directory, lo, hi))
+        with self._damage_moves_aside():
+            rows = self.db.query(_SELECT_BELOW, (directory, lo, hi))
         return {(p, f): Entry(m, s, d == 1) for p, f, m, s, d in rows}
 
     def children(self, directory: str) -> dict[str, Entry]:
         """The rows of `directory`'s own entries, by name (one indexed query)."""
-        rows = self.db.query(_SELECT_CHILDREN, (directory,))
+        with self._damage_moves_aside():
+            rows = self.db.query(_SELECT_CHILDREN, (directory,))
         return {f: Entry(m, s, d == 1) for f, m, s, d in rows}
 
     def below(self, directory: str, page: int = 2000) -> Iterator[list[tuple[Key, Entry]]]:
@@ -247,7 +265,8 @@ class PathScanner:
     def _pages(self, sql: str, params: Callable[[Key], tuple[Any, ...]], page: int) -> Iterator[list[tuple[Key, Entry]]]:
         last: Key = ("", "")
         while True:
-            rows = self.db.query(sql, params(last))
+            with self._damage_moves_aside():
+                rows = self.db.query(sql, params(last))
             if rows:
                 yield [((p, f), Entry(m, s, d == 1)) for p, f, m, s, d in rows]
             if len(rows) < page:
@@ -269,10 +288,12 @@ class PathScanner:
                 conn.executemany(_UPSERT, puts)
             if deletes:
                 conn.executemany(_DELETE, deletes)
-        self.db.write(write)
+        with self._damage_moves_aside():
+            self.db.write(write)
 
     def count(self) -> int:
-        return int(self.db.query("SELECT COUNT(*) FROM pathscanner")[0][0])
+        with self._damage_moves_aside():
+            return int(self.db.query("SELECT COUNT(*) FROM pathscanner")[0][0])
 
 
 Chunk = tuple[list[FSEvent], list[Op]]

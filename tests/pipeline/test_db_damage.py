@@ -163,3 +163,24 @@ def test_a_damaged_pipeline_or_synced_files_db_is_refused_at_start(settings, tmp
     with pytest.raises(DatabaseDamaged) as raised:
         state.prepare(settings)
     assert path in str(raised.value) and "--resync-all" in str(raised.value)
+
+
+def test_damage_met_while_running_moves_the_index_aside_so_the_restart_rebuilds(tmp_path):
+    """quick_check passed at open; the damage appears later (a disk error): the error must not
+    come back at every restart (a crash/restart loop)."""
+    path = str(tmp_path / "fsmonitor.db")
+    index = PathScanner(path)
+    index.apply([((f"/src/d{i // 100:04d}", f"file-with-a-long-name-{i:06d}"), Entry(i, i)) for i in range(60000)])
+    index.close()
+    index = PathScanner(path)
+    index.db.query("PRAGMA cache_size = 1")  # read pages from the file, not from the cache
+    _corrupt_pages(path)
+    with pytest.raises(DatabaseDamaged):
+        index.known_below("/src")
+    index.close()
+    assert [n for n in os.listdir(tmp_path) if n.startswith("fsmonitor.db.damaged-")]
+    restarted = PathScanner(path)
+    try:
+        assert restarted.count() == 0 and not restarted.rebuilt  # a new file, nothing damaged in it
+    finally:
+        restarted.close()
