@@ -54,7 +54,7 @@ def running_pid(pid_file: str) -> int | None:
     The daemon holds an exclusive flock on its PID file for as long as it runs, so liveness does not
     depend on the PID (PIDs are reused quickly: pid_max is often 32768)."""
     try:
-        fd = os.open(pid_file, os.O_RDONLY)
+        fd = os.open(pid_file, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -424,6 +424,9 @@ def stop_daemon(pid_file: str, timeout: float, kill: bool = False) -> Stopped | 
     daemon was running. If it is still alive after `timeout`: with `kill`, SIGKILL it and remove
     its PID file; otherwise raise DaemonError saying that it is still running."""
     pid = running_pid(pid_file)
+    if pid is None and os.path.exists(pid_file) and not os.access(pid_file, os.R_OK):
+        raise DaemonError(f"this user may not read the PID file {pid_file}: it belongs to the user "
+                          "File Conveyor runs as; run `fileconveyor stop` as that user")
     if pid is None:
         return None
     if pid <= 0:

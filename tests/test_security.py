@@ -7,6 +7,7 @@ a regression fails the test instead of hanging it.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import logging.handlers
 import os
@@ -30,6 +31,7 @@ from fileconveyor.transporters.base import (
 )
 from fileconveyor.transporters.symlink_or_copy import SymlinkOrCopyTransporter
 from tests.e2e.harness import REPO
+from tests.e2e.test_readonly_state import _as_reader, _reader_python, reader, shared_root  # noqa: F401 (fixtures)
 
 DEADLINE = 10.0
 
@@ -353,3 +355,22 @@ def test_users_of_the_old_default_are_told(tmp_path: pathlib.Path) -> None:
     explicit = _config(tmp_path, f"<PID_FILE>{legacy}</PID_FILE>")
     assert "NOTE" not in _fileconveyor("status", "--config", explicit, home=str(home)).stdout
     assert legacy_pid_file_note(resolve({"PID_FILE": LEGACY_PID_FILE}, str(tmp_path))) is None
+
+
+def test_stop_by_a_user_who_may_not_read_the_pid_file_says_so(reader: Any, shared_root: str) -> None:
+    """The PID file is 0600, the daemon's user's: another user's `stop` must not say "not running"."""
+    python = _reader_python(reader)
+    if python is None:
+        pytest.skip(f"no Python {sys.version_info.major}.{sys.version_info.minor} that another user may run")
+    config = _config(pathlib.Path(shared_root))
+    os.chmod(config, 0o644)
+    os.chmod(shared_root, 0o755)
+    fd = os.open(os.path.join(shared_root, "fileconveyor.pid"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        result = _as_reader(reader, [python, "-m", "fileconveyor", "stop", "--config", config])
+    finally:
+        os.close(fd)
+    assert result.returncode == 1 and "may not read the PID file" in result.stderr, result.stdout + result.stderr
+    assert "not running" not in result.stdout and "Traceback" not in result.stderr
