@@ -176,33 +176,19 @@ class PathScanner:
         self.rebuilt = False
         self._moved_aside = False
         try:
-            self.db = self._open_checked()
+            self.db = self._open()
         except DatabaseDamaged as error:
             self.db = self._rebuild(str(error))
 
-    def _open(self) -> Database:
+    def _open(self, check: bool = True) -> Database:
+        """`check`: PRAGMA quick_check first (a DatabaseDamaged when it fails)."""
         try:
             return Database(self.db_path, (CREATE_TABLE, CREATE_INDEX), SCHEMA_VERSION,
-                            journal=Journal.WAL, legacy_hint=_LEGACY_HINT)
+                            journal=Journal.WAL, legacy_hint=_LEGACY_HINT, check=check)
         except DatabaseDamaged:
             raise
         except DatabaseError as error:
             raise IndexDatabaseError(str(error), self.db_path) from None
-
-    def _open_checked(self) -> Database:
-        db = self._open()
-        if self.db_path == ":memory:":
-            return db
-        try:
-            problems = [r[0] for r in db.query("PRAGMA quick_check")]
-        except DatabaseDamaged:
-            db.close()
-            raise
-        if problems != ["ok"]:
-            db.close()
-            raise DatabaseDamaged(f"{self.db_path} failed PRAGMA quick_check: {'; '.join(problems[:3])}",
-                                  self.db_path)
-        return db
 
     def _move_aside(self, reason: str, consequence: str) -> None:
         aside = f"{self.db_path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -216,7 +202,7 @@ class PathScanner:
         self._move_aside(reason, "started a new index; every file of every watched tree is compared "
                                  "again (re-synced) at this start")
         self.rebuilt = True
-        return self._open()
+        return self._open(check=False)  # a new, empty file
 
     @contextlib.contextmanager
     def _damage_moves_aside(self) -> Iterator[None]:

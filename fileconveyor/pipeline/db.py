@@ -226,11 +226,14 @@ class Database:
     """A SQLite file with a known schema version, shared safely between threads."""
 
     def __init__(self, path: str, schema: Sequence[str], version: int | None, *,
-                 journal: Journal | None = Journal.ROLLBACK, readonly: bool = False, legacy_hint: str = "") -> None:
+                 journal: Journal | None = Journal.ROLLBACK, readonly: bool = False, legacy_hint: str = "",
+                 check: bool = True) -> None:
         """`journal`: None keeps the file's current mode (a new file: ROLLBACK), for openers that do
         not know the setting that chose it. `version` None: a private file without a schema
         version (a transporter's state). `legacy_hint`: what to say about a file in the original
-        File Conveyor's format."""
+        File Conveyor's format. `check`: a writer runs `PRAGMA quick_check` first (0.15 s per
+        million rows), so that a damaged file stops a (re)start with a DatabaseDamaged naming it
+        instead of crashing a thread later, again at every restart."""
         self.path = path
         self.readonly = readonly
         self.journal = journal
@@ -245,6 +248,8 @@ class Database:
                 raise DatabaseError(f"cannot create {path}: {error}", path) from None
         self._conn = connect(path, readonly=readonly)
         try:
+            if check and not readonly and path != ":memory:":
+                self._quick_check()
             self._open(schema, version)
         except BaseException:
             self._conn.close()
@@ -282,6 +287,15 @@ class Database:
                 conn.execute(f"PRAGMA user_version = {int(version)}")
         # Bounded: a daemon that cannot write its state at start says so instead of hanging.
         self.write(create, give_up_after=OPEN_PATIENCE_SECONDS)
+
+    def _quick_check(self) -> None:
+        try:
+            problems = [r[0] for r in self._conn.execute("PRAGMA quick_check")]
+        except sqlite3.Error as error:
+            raise classify(self.path, error, "cannot open") from error
+        if problems != ["ok"]:
+            raise DatabaseDamaged(f"{self.path} failed PRAGMA quick_check ({'; '.join(problems[:3])}): "
+                                  f"{damaged_hint(self.path)}", self.path)
 
     def tables(self) -> set[str]:
         rows = self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "

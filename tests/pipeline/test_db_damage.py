@@ -163,6 +163,9 @@ def test_a_damaged_pipeline_or_synced_files_db_is_refused_at_start(settings, tmp
     with pytest.raises(DatabaseDamaged) as raised:
         state.prepare(settings)
     assert path in str(raised.value) and "--resync-all" in str(raised.value)
+    # A self-restart opens the files directly: it stops there too, instead of crashing later.
+    with pytest.raises(DatabaseDamaged, match="quick_check"):
+        (PersistentPipeline if name == "persistent_data.db" else SyncedFiles)(path)
 
 
 def test_damage_met_while_running_moves_the_index_aside_so_the_restart_rebuilds(tmp_path):
