@@ -197,9 +197,27 @@ def create_private_file(path: str) -> None:
     os.close(fd)
 
 
+def _in_wal_mode(path: str) -> bool:
+    """The database header's file format versions (bytes 18 and 19) are 2 in WAL mode."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18] == 2
+
+
 def readonly_uri(path: str) -> str:
-    """`file:` URI opening `path` read-only: SQLite creates nothing and takes no write lock."""
-    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    """`file:` URI opening `path` read-only: SQLite takes no write lock and creates nothing.
+
+    A WAL file whose -wal is absent (no writer has it open: everything is in the main file) is
+    opened `immutable`, or a reader allowed to write the directory would create -wal and -shm
+    beside it. A writer starting during that read is the one risk: its changes may be misread,
+    by a status line, for the length of one query."""
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    if _in_wal_mode(path) and not os.path.exists(path + "-wal"):
+        uri += "&immutable=1"
+    return uri
 
 
 def connect(path: str, *, readonly: bool = False, timeout: float | None = None) -> sqlite3.Connection:

@@ -45,6 +45,15 @@ def test_status_into_a_pipe_closed_early_exits_quietly(tmp_path):
     assert result.stderr == ""
 
 
+def test_status_and_verify_create_nothing_beside_the_databases(tmp_path):
+    setup = _synced_once(tmp_path)
+    before = sorted(os.listdir(setup.state))
+    for command in ("status", "verify"):
+        result = cli(command, "--config", setup.config)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(os.listdir(setup.state)) == before  # e.g. no fsmonitor.db-wal/-shm
+
+
 def test_status_and_verify_name_a_corrupt_database_in_one_line(tmp_path):
     setup = _synced_once(tmp_path)
     for name in ("persistent_data.db", "synced_files.db"):
