@@ -24,10 +24,11 @@ setup(
         "minify": ["rcssmin>=1.1", "rjsmin>=1.2"],
         "images": ["mozjpeg-lossless-optimization>=1.1", "pyoxipng>=9.0", "Pillow>=10.0"],
         "css": ["tinycss2>=1.2"],
+        "precompress": ["brotli>=1.1"],
         "all": [
             "boto3>=1.28", "paramiko>=3.0", "python-swiftclient>=4.0",
             "rcssmin>=1.1", "rjsmin>=1.2", "tinycss2>=1.2",
-            "mozjpeg-lossless-optimization>=1.1", "pyoxipng>=9.0", "Pillow>=10.0",
+            "mozjpeg-lossless-optimization>=1.1", "pyoxipng>=9.0", "Pillow>=10.0", "brotli>=1.1",
         ],
     },
     entry_points={"console_scripts": ["fileconveyor = fileconveyor.cli:main"]},

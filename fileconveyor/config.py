@@ -579,6 +579,7 @@ class _Loader:
         if element is None:
             return ()
         names: list[str] = []
+        adding_siblings: str | None = None
         for child in element.findall("processor"):
             name = _attr(child, "name")
             if name is None:
@@ -589,7 +590,14 @@ class _Loader:
                 continue
             names.append(canonical_processor_name(name))
             try:
-                resolve_processor(name).check_available()
+                cls = resolve_processor(name)
+                if cls.adds_siblings:
+                    adding_siblings = adding_siblings or name
+                elif adding_siblings:
+                    self.error(child, f"{name} comes after {adding_siblings}, which makes copies of the file "
+                                      f"as it is at that point (a pre-compressed .gz/.br); put {adding_siblings} "
+                                      "last in the chain, after every processor that changes the file")
+                cls.check_available()
             except ProcessorNotFound as error:
                 advice = "" if "write" in str(error) or "built-in modules" in str(error) else (
                     "; write module.Class, for example unique_filename.MD5 or mypackage.module.MyProcessor")

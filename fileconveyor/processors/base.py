@@ -58,6 +58,25 @@ class WaitForFiles(Exception):
         super().__init__(reason or f"waiting for {len(self.paths)} referenced file(s) to be synced")
 
 
+@dataclasses.dataclass(frozen=True)
+class ExtraOutput:
+    """A file that a processor made beside the chain's output, to be uploaded next to it under its
+    own basename (a pre-compressed `app.css.gz` beside `app.css`: original issue #3).
+
+    The arbitrator uploads it to every destination of the run, in the output's remote directory,
+    records it as a copy of the source file (so it is verified, and deleted with the file or when a
+    later version no longer makes it), and sends `content_encoding` with the output's Content-Type
+    where the transporter keeps HTTP metadata (S3, Cloud Files)."""
+
+    #: In the run's working directory; its basename is the output's basename plus a suffix.
+    path: str
+    #: The file it was made from: the chain's output at that point. A later processor that
+    #: changes the output makes it stale, which the chain refuses.
+    made_from: str
+    #: What the bytes are to an HTTP client: `gzip`, `br`; None for a file of its own type.
+    content_encoding: str | None = None
+
+
 @dataclasses.dataclass
 class ProcessorContext:
     """What one chain run knows. One context per (file, server-or-None) run."""
@@ -84,6 +103,9 @@ class ProcessorContext:
     #: Absolute paths of files whose URLs the output embeds (filled by processors such as the CSS
     #: URL updater); when one of them is synced again under a new URL, this file is queued again.
     dependencies: set[str] = dataclasses.field(default_factory=set)
+    #: Files made beside the output (see ExtraOutput), in the order they were made; checked by
+    #: ProcessorChain.run, uploaded by the arbitrator.
+    extra_outputs: list[ExtraOutput] = dataclasses.field(default_factory=list)
 
     def output_path(self, basename: str) -> str:
         """A path in this run's working directory for an output called `basename`."""
@@ -99,6 +121,9 @@ class Processor(abc.ABC):
     valid_extensions: ClassVar[tuple[str, ...]] = ()
     #: True when the output depends on the destination server (the chain then runs once per server).
     different_per_server: ClassVar[bool] = False
+    #: True for a processor that makes files beside the output (ExtraOutput) and leaves the output
+    #: as it is: it must come after every processor that changes the file (config.py checks).
+    adds_siblings: ClassVar[bool] = False
 
     def __init__(self, context: ProcessorContext) -> None:
         self.context = context
@@ -168,7 +193,7 @@ def copy_to(context: ProcessorContext, input_file: str, basename: str) -> str:
 # --- resolving names from config.xml ---------------------------------------------------------
 
 BUILTIN_MODULES = ("filename", "unique_filename", "image_optimizer", "yui_compressor",
-                   "google_closure_compiler", "link_updater", "minify")
+                   "google_closure_compiler", "link_updater", "minify", "precompress")
 
 
 def canonical_processor_name(name: str) -> str:
@@ -265,6 +290,13 @@ class ProcessorChain:
                     os.path.abspath(context.working_dir), os.path.dirname(os.path.abspath(current))):
                 raise ProcessorError(f"{cls.__module__}.{cls.__name__} wrote outside its working dir")
             current = output
+        for extra in context.extra_outputs:
+            if extra.made_from != current:
+                raise ProcessorError(
+                    f"{os.path.basename(extra.path)} was made from an earlier stage of the file, which a later "
+                    "processor changed; put the precompress processors last in the chain")
+            if os.path.dirname(os.path.abspath(extra.path)) != os.path.abspath(context.working_dir):
+                raise ProcessorError(f"{extra.path} was written outside the run's working dir")
         return context.original_file if current == snapshot else current
 
 
