@@ -19,7 +19,9 @@ thread's loop is a crash, reported through `on_crash` so the daemon can restart.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import logging
@@ -94,6 +96,7 @@ class Arbitrator:
         self._cleaner: threading.Thread | None = None
         self._last_status = ""
         self._status_writer: threading.Thread | None = None
+        self._status_error: int | None = None
         self._processors: concurrent.futures.ThreadPoolExecutor | None = None
 
     # --- life cycle -------------------------------------------------------------------------
@@ -107,7 +110,8 @@ class Arbitrator:
             log.warning("Recovered %d file(s) that were in flight when File Conveyor last stopped", recovered)
         # Files that waited for a paused server in an earlier run: the servers are tried afresh.
         self.pipeline.unblock()
-        self._queue_follow_ups()
+        self.queue_follow_ups()
+        self._recover_source_deletions()
         self._prepare_working_dir()
         for rule in self.config.rules:
             chain = ProcessorChain([resolve_processor(name) for name in rule.processors])
@@ -254,18 +258,53 @@ class Arbitrator:
             self._stopping.wait(STATUS_INTERVAL)
 
     def _write_runtime_status(self) -> None:
-        """Publish runtime_status() for `fileconveyor status` (written only when it changed)."""
+        """Publish runtime_status() for `fileconveyor status` (written only when it changed).
+
+        The file is padded to whole 4 KiB pages so that, when the disk is full (when the status
+        matters most), it can still be overwritten in place without new space; any other error
+        keeps the last good file and is logged once: the status never stops the daemon."""
         status = self.runtime_status()
         summary = json.dumps(status, sort_keys=True)
         if summary == self._last_status:
             return
-        self._last_status = summary
+        text = json.dumps(status, indent=1, sort_keys=True) + "\n"
+        data = (text + " " * (-len(text) % 4096)).encode("utf-8")
         path = runtime_status_path(self.settings)
         temporary = f"{path}.tmp"
-        fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(status, handle, indent=1, sort_keys=True)
-        os.replace(temporary, path)
+        try:
+            fd = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(temporary, path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            if not (error.errno in (errno.ENOSPC, errno.EDQUOT) and self._overwrite_status_in_place(path, data)):
+                if self._status_error != error.errno:
+                    log.warning("Cannot update %s (%s); `status` shows older facts until it can", path, error)
+                self._status_error = error.errno
+                return
+        self._status_error = None
+        self._last_status = summary
+
+    @staticmethod
+    def _overwrite_status_in_place(path: str, data: bytes) -> bool:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError:
+            return False
+        try:
+            if os.fstat(fd).st_size < len(data):
+                return False
+            os.write(fd, data)
+            os.ftruncate(fd, len(data))
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     # --- events in ----------------------------------------------------------------------------
 
@@ -457,8 +496,10 @@ class Arbitrator:
             planned = record.planned
             assert planned.url is not None
             dependents = tuple(self.pipeline.dependents_of(record.trip.path, planned.server))
+            content = planned.content
             uploads.append(Upload(record.trip.path, planned.server, planned.remote, planned.basename,
-                                  planned.url, planned.primary, dependents))
+                                  planned.url, planned.primary, dependents,
+                                  size=content.size if content else None, md5=content.md5 if content else None))
         try:
             record_uploads(self.synced, uploads)
             self.pipeline.clear_pending_uploads([(u.input_file, u.server, u.remote_path) for u in uploads])
@@ -470,9 +511,9 @@ class Arbitrator:
         for record in batch:
             record.trip.recorded(record.planned)
         if any(u.dependents for u in uploads):
-            self._queue_follow_ups()
+            self.queue_follow_ups()
 
-    def _queue_follow_ups(self) -> None:
+    def queue_follow_ups(self) -> None:
         """Queue the files whose embedded URLs changed (written beside the row that changed them)."""
         while True:
             requeue = pending_requeues(self.synced)
@@ -502,10 +543,11 @@ class Arbitrator:
         self._wake.set()
 
     def _delete_due_sources(self, now: float) -> None:
+        retry_at = now + max(self.settings.RETRY_INTERVAL, 1.0)
         for path, synced in self.pipeline.due_deletions_with_identity(now):
             with self._trips_lock:
                 if path in self._trips:
-                    continue  # a newer version is being synced; try again after it
+                    continue  # a newer version is being synced; its completion decides
             if self.pipeline.has_pending_event(path):
                 # A newer version waits (queued or failed): its sync will schedule it again.
                 self.pipeline.forget_deletion(path)
@@ -516,18 +558,27 @@ class Arbitrator:
                 self.pipeline.mark_deleted_by_us(path)
                 continue
             except OSError as error:
-                log.error("Cannot check source file %s before deleting it: %s", path, error)
+                log.error("Cannot check source file %s before deleting it: %s; trying again later", path, error)
+                self.pipeline.reschedule_deletion(path, retry_at)
                 continue
             if synced is not None and current != synced:
                 log.info("Not deleting %s: it is not the version that was synced", path)
                 self.pipeline.forget_deletion(path)
                 continue
+            self.pipeline.mark_deleted_by_us(path)
             try:
                 os.unlink(path)
                 log.info("Deleted source file %s (fileDeletionDelayAfterSync)", path)
             except FileNotFoundError:
                 pass
             except OSError as error:
-                log.error("Cannot delete source file %s: %s", path, error)
-                continue
-            self.pipeline.mark_deleted_by_us(path)
+                log.error("Cannot delete source file %s: %s; trying again later", path, error)
+                self.pipeline.reschedule_deletion(path, retry_at)
+
+    def _recover_source_deletions(self) -> None:
+        """A source marked as deleted by us that still exists: the daemon died between the mark and
+        the unlink. Its deletion is due again (with every check made again)."""
+        now = time.time()
+        for path in self.pipeline.deleted_by_us():
+            if os.path.lexists(path):
+                self.pipeline.reschedule_deletion(path, now)

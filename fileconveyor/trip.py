@@ -37,9 +37,10 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Callable
 
-from fileconveyor import routing
+from fileconveyor import fingerprint, routing
 from fileconveyor.config import Destination, Rule
 from fileconveyor.fsmonitor import Event
+from fileconveyor.fingerprint import Fingerprint
 from fileconveyor.localfile import NotRegularFileError
 from fileconveyor.pipeline.queue import PAUSED, Item, SourceIdentity, retry_delay
 from fileconveyor.pipeline.synced_files import copies_of, forget_copies, forget_file
@@ -92,6 +93,8 @@ class PlannedUpload:
     done_keys: list[str]
     primary: bool
     url: str | None = None
+    #: Size and MD5 of `local`, recorded with the copy (verify and reconcile compare listings).
+    content: Fingerprint | None = None
 
 
 def done_key(rule: Rule, server: str, remote: str) -> str:
@@ -281,6 +284,7 @@ class Trip:
                       intents: list[tuple[str, str, str]], tasks: list[tuple[str, TransportTask]]) -> None:
         source = self.conveyor.config.sources[rule.source]
         basename = os.path.basename(output)
+        content = fingerprint.of_file(output)
         for destination in destinations:
             server = destination.server
             remote = routing.remote_path(destination, source, self.path, basename)
@@ -295,7 +299,7 @@ class Trip:
                     planned.primary = planned.primary or primary
                     continue
             unit = self._open_unit(f"upload to {server}:{remote}")
-            planned = PlannedUpload(unit, server, remote, basename, output, [key], primary)
+            planned = PlannedUpload(unit, server, remote, basename, output, [key], primary, content=content)
             with self._lock:
                 self._planned[(server, remote)] = planned
             intents.append((self.path, server, remote))
@@ -443,7 +447,11 @@ class Trip:
         if self.propagates_deletion and not self.failures:
             servers = sorted({server for server, _ in self.deleted} |
                              {row.server for row in conveyor.synced.for_file(self.path) if row.server in conveyor.pools})
-            forget_file(conveyor.synced, self.path, servers)
+            # A deleted file's URL is gone: stylesheets that embed it are processed again.
+            dependents = {d for server in servers for d in conveyor.pipeline.dependents_of(self.path, server)}
+            forget_file(conveyor.synced, self.path, servers, sorted(dependents))
+            if dependents:
+                conveyor.queue_follow_ups()
         forget_copies(conveyor.synced, [(self.path, server, remote) for server, remote in self.deleted])
         conveyor.pipeline.clear_pending_uploads([(self.path, server, remote) for server, remote in self.deleted])
 

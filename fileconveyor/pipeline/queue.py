@@ -409,8 +409,20 @@ class PersistentPipeline:
         return rows[0][0] if rows and rows[0][0] is not None else None
 
     def mark_deleted_by_us(self, input_file: str) -> None:
+        """Written BEFORE the unlink: the DELETED event our unlink causes may be queued at once,
+        and it must find the mark (else the deletion is propagated and the file is lost everywhere)."""
         with self.db.transaction() as conn:
             conn.execute("UPDATE files_to_delete_list SET state = 'deleted' WHERE input_file = ?", (input_file,))
+
+    def reschedule_deletion(self, input_file: str, delete_at: float) -> None:
+        """The unlink did not happen (an error): try again at `delete_at`."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE files_to_delete_list SET state = 'scheduled', delete_at = ? WHERE input_file = ?",
+                         (delete_at, input_file))
+
+    def deleted_by_us(self) -> list[str]:
+        rows = self.db.query("SELECT input_file FROM files_to_delete_list WHERE state = 'deleted'")
+        return [r[0] for r in rows]
 
     def deletion_state(self, input_file: str) -> str | None:
         rows = self.db.query("SELECT state FROM files_to_delete_list WHERE input_file = ?", (input_file,))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import sqlite3
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from fileconveyor.pipeline.db import Database, DatabaseError, Journal
 
@@ -38,6 +38,9 @@ SCHEMA = (
         remote_path TEXT NOT NULL,
         url TEXT NOT NULL,
         PRIMARY KEY (input_file, server, remote_path))""",
+    # `reconcile` reads one server's copies in remote path order, in short chunks (a long read
+    # would hold the rollback journal's shared lock and stall the daemon's writes).
+    "CREATE INDEX IF NOT EXISTS copies_by_place ON synced_copies (server, remote_path)",
     # Work that follows from a recorded change and must survive kill -9: written in the same
     # transaction as the row it follows from. kind 'requeue': `input_file` embeds a URL that changed.
     """CREATE TABLE IF NOT EXISTS follow_ups(
@@ -45,6 +48,20 @@ SCHEMA = (
         input_file TEXT NOT NULL,
         PRIMARY KEY (kind, input_file))""",
 )
+
+
+#: Columns added to synced_copies in place (nullable; NULL for copies recorded before them, and
+#: for rows the original wrote): what the copy holds, so that `verify` and `reconcile` can compare
+#: it with a destination's listing. Added at open by a writer; no schema version change, since
+#: readers that do not know them are not affected.
+COPY_FINGERPRINT_COLUMNS = (("size", "INTEGER"), ("md5", "TEXT"))
+
+
+def _add_fingerprint_columns(conn: sqlite3.Connection) -> None:
+    present = {row[1] for row in conn.execute("PRAGMA table_info(synced_copies)")}
+    for name, kind in COPY_FINGERPRINT_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE synced_copies ADD COLUMN {name} {kind}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +86,8 @@ class SyncedFiles:
         if not readonly and not self.generation:
             generation = new_generation()
             self.db.write(lambda conn: conn.execute(f"PRAGMA application_id = {generation}"))
+        if not readonly:
+            self.db.write(_add_fingerprint_columns)
 
     @property
     def generation(self) -> int:
@@ -155,6 +174,9 @@ class Upload:
     primary: bool
     #: Files whose processed content embeds this file's URL on this server (requeued if it changed).
     dependents: tuple[str, ...] = ()
+    #: What was uploaded (the processed file): its size and hex MD5, None where unknown.
+    size: int | None = None
+    md5: str | None = None
 
 
 def record_uploads(synced: "SyncedFiles", uploads: "list[Upload]") -> None:
@@ -162,9 +184,11 @@ def record_uploads(synced: "SyncedFiles", uploads: "list[Upload]") -> None:
     copy (updated in place), and, when a row's URL changed, the requeue of its dependents."""
     with synced.db.transaction() as conn:
         for upload in uploads:
-            conn.execute("INSERT INTO synced_copies(input_file, server, remote_path, url) VALUES (?, ?, ?, ?) "
-                         "ON CONFLICT(input_file, server, remote_path) DO UPDATE SET url = excluded.url",
-                         (upload.input_file, upload.server, upload.remote_path, upload.url))
+            conn.execute("INSERT INTO synced_copies(input_file, server, remote_path, url, size, md5) "
+                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(input_file, server, remote_path) DO UPDATE "
+                         "SET url = excluded.url, size = excluded.size, md5 = excluded.md5",
+                         (upload.input_file, upload.server, upload.remote_path, upload.url, upload.size,
+                          upload.md5))
             row = conn.execute("SELECT url FROM synced_files WHERE input_file = ? AND server = ?",
                                (upload.input_file, upload.server)).fetchone()
             if row is not None and not upload.primary:
@@ -199,6 +223,33 @@ def all_copies(synced: "SyncedFiles") -> dict[tuple[str, str], list[str]]:
     return found
 
 
+@dataclasses.dataclass(frozen=True)
+class Copy:
+    """One recorded remote copy, with what it holds where known (see COPY_FINGERPRINT_COLUMNS)."""
+
+    input_file: str
+    server: str
+    remote_path: str
+    url: str
+    size: int | None = None
+    md5: str | None = None
+
+
+def copies_on_server(synced: "SyncedFiles", server: str) -> list[Copy]:
+    """Every recorded copy on `server`, sorted by remote path as SQLite sorts TEXT (its UTF-8
+    bytes: `transporters.base.listing_key` order, the order of listings). Works on a file opened
+    read-only whose columns were never added (then sizes and MD5s are None)."""
+    try:
+        present = {row[1] for row in synced.db.query("PRAGMA table_info(synced_copies)")}
+        columns = ", ".join(name if name in present else "NULL"
+                            for name, _kind in COPY_FINGERPRINT_COLUMNS)
+        rows = synced.db.query(f"SELECT input_file, server, remote_path, url, {columns} FROM synced_copies "
+                               "WHERE server = ? ORDER BY remote_path", (server,))
+    except (sqlite3.Error, DatabaseError):  # opened read-only before the table was ever created
+        return []
+    return [Copy(*row) for row in rows]
+
+
 def forget_copies(synced: "SyncedFiles", copies: "list[tuple[str, str, str]]") -> None:
     """Forget deleted copies: (input_file, server, remote_path)."""
     if copies:
@@ -207,12 +258,15 @@ def forget_copies(synced: "SyncedFiles", copies: "list[tuple[str, str, str]]") -
                              copies)
 
 
-def forget_file(synced: "SyncedFiles", input_file: str, servers: "list[str]") -> None:
-    """The file was deleted from `servers`: drop its rows and copies there (one transaction)."""
+def forget_file(synced: "SyncedFiles", input_file: str, servers: "list[str]", requeue: "Iterable[str]" = ()) -> None:
+    """The file was deleted from `servers`: drop its rows and copies there and, in the same
+    transaction, ask for the files that embed its URL to be processed again (`requeue`)."""
     with synced.db.transaction() as conn:
         for server in servers:
             conn.execute("DELETE FROM synced_files WHERE input_file = ? AND server = ?", (input_file, server))
             conn.execute("DELETE FROM synced_copies WHERE input_file = ? AND server = ?", (input_file, server))
+        conn.executemany("INSERT OR IGNORE INTO follow_ups(kind, input_file) VALUES ('requeue', ?)",
+                         [(d,) for d in requeue if d != input_file])
 
 
 def pending_requeues(synced: "SyncedFiles", limit: int = 1000) -> list[str]:

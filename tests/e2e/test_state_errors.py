@@ -164,8 +164,6 @@ def test_status_and_verify_on_a_full_disk(tmp_path, full_disk):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="the lead's Arbitrator._write_runtime_status lets ENOSPC kill the status "
-                   "thread (a crash and a self-restart); remove this mark once it keeps the last good file")
 def test_a_full_state_disk_while_running_waits_shows_and_recovers(tmp_path, full_disk):
     """Writes that meet a full disk are retried and shown by `status`, never a crash and restart."""
     mount, fill = full_disk
