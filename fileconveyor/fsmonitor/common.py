@@ -188,11 +188,12 @@ class TreeMonitor(Monitor):
                     state = self._root_states.get(tree)
                     for prefix in {tree, state.resolved if state else os.path.realpath(tree)}:
                         if is_below(path, prefix):
-                            here.add(tree + path[len(prefix):])
+                            here.add(os.path.normpath(os.path.join(tree, os.path.relpath(path, prefix))))
         self._excluded_here = frozenset(here)
 
     def is_excluded(self, path: str) -> bool:
-        return path in self._excluded_here
+        """Is `path` an excluded path or below one? (A handful of paths: cheap per event.)"""
+        return any(is_below(path, excluded) for excluded in self._excluded_here)
 
     def _root_problem(self, tree: str) -> tuple[str | None, RootState | None]:
         """(why `tree` cannot be watched now, or None; what it is now)."""
@@ -211,7 +212,7 @@ class TreeMonitor(Monitor):
             return ("was unmounted; its mount point is not scanned (that would read as every file "
                     "deleted) until it is mounted again (restart File Conveyor if it is no longer "
                     "meant to be a mount point)"), None
-        if tree in self._excluded_here:
+        if self.is_excluded(tree):
             return "is excluded: File Conveyor writes there itself (a destination or its state)", None
         return None, now
 
@@ -298,7 +299,7 @@ class TreeMonitor(Monitor):
     def runtime_status(self) -> dict[str, Any]:
         with self._lock:
             unwatched = sorted(self._unwatched.values(), key=lambda u: (not u.is_tree, u.path))
-        resolved = {t: s.resolved for t, s in self._root_states.items() if s.resolved != t}
+        resolved = {t: s.resolved for t, s in list(self._root_states.items()) if s.resolved != t}
         return {
             "monitor": self.name, "native": self.is_native,
             "polled_trees": sorted(list(self.polled_trees)),
@@ -369,6 +370,8 @@ class TreeMonitor(Monitor):
         when `root` could not be listed (noted as not watched, retried by `recheck`)."""
         if root in self.trees and not self._root_ready(root):
             return False
+        if self.is_excluded(root):
+            return True  # a directory event below the daemon's own output (FSEvents names those)
         started = time.monotonic()
         reported = 0
         with self._lock:

@@ -57,7 +57,7 @@ class FSEventsMonitor(TreeMonitor):
         path = os.path.dirname(event.name) if not os.path.isdir(event.name) else event.name
         for resolved, root in self._aliases:
             if is_below(path, resolved) and not any(is_below(path, t) for t in self.trees):
-                path = root + path[len(resolved):]
+                path = os.path.normpath(os.path.join(root, os.path.relpath(path, resolved)))
                 break
         if any(part in self.ignored_dirs for part in path.split("/")) or self.is_excluded(path):
             return

@@ -58,6 +58,31 @@ def test_symlinked_root_reports_live_events_under_its_configured_path(harness: H
     assert status["unwatched"] == []
 
 
+def test_symlinked_root_re_pointed_is_watched_at_its_new_target(harness: Harness, tmp_path: Path) -> None:
+    """No event tells a monitor that a link it watches through now points elsewhere: the recheck does."""
+    old_target, new_target = tmp_path / "release-1", tmp_path / "release-2"
+    write(old_target / "app.css", "1")
+    write(new_target / "app.css", "2 is longer")
+    write(new_target / "new.js")
+    link = tmp_path / "current"
+    link.symlink_to(old_target)
+    got = Collector()
+    monitor = harness.start(link, got, recheck_interval=RECHECK)
+    got.take()
+    swap = tmp_path / "current.tmp"
+    swap.symlink_to(new_target)
+    os.rename(swap, link)  # how deployments switch releases: atomically
+    got.wait_paths({str(link / "app.css"): M, str(link / "new.js"): C})
+    wait_for(lambda: monitor.runtime_status()["resolved_roots"] == {str(link): str(new_target)},
+             what="the new target in runtime_status")
+    write(old_target / "stale.txt")  # the old release is no longer watched
+    live = write(new_target / "live.txt")
+    got.wait_paths({str(link / "live.txt"): PRESENT})
+    harness.settle(monitor)
+    assert str(link / "stale.txt") not in final(got.events)
+    assert live
+
+
 def test_root_deleted_and_recreated_is_watched_and_rescanned(harness: Harness, tree: Path) -> None:
     old = write(tree / "d" / "a")
     got = Collector()
