@@ -251,8 +251,11 @@ class TreeMonitor(Monitor):
         with self._lock:
             cleared = [self._unwatched.pop(p) for p in paths if p in self._unwatched]
         for item in cleared:
-            log.info("%s %s is watched again and was rescanned", "Tree" if item.is_tree else "Directory",
-                        item.path)
+            if item.is_tree or os.path.isdir(item.path):
+                log.info("%s %s is watched again and was compared with the index",
+                         "Tree" if item.is_tree else "Directory", item.path)
+            else:
+                log.info("Directory %s, which was not watched, is gone", item.path)
 
     def _unwatch(self, tree: str) -> None:
         """Drop the backend's watches of `tree` (it is gone or replaced)."""

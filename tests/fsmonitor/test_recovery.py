@@ -273,3 +273,57 @@ def test_unreadable_directory_and_root_are_scanned_once_readable(backend: str, t
     assert result["unreadable"] is not None and set(result["unreadable"]) == {str(t1 / "locked"), str(t2)}
     assert all("Permission denied" in reason for reason in result["unreadable"].values())
     assert result["after"] == {}
+
+
+_LOCKED_WHILE_WATCHED_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    from fileconveyor.fsmonitor.inotify import InotifyMonitor
+    base = sys.argv[1]
+    tree, docs = os.path.join(base, "tree"), os.path.join(base, "tree", "docs")
+    events = []
+    m = InotifyMonitor(events.extend, os.path.join(base, "fsmonitor.db"), recheck_interval=60)
+    def wait(pred):
+        deadline = time.monotonic() + 10
+        while not pred() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    m.add_tree(tree)
+    m.start()
+    wait(lambda: m.is_idle)
+    os.chmod(docs, 0)
+    wait(lambda: m.is_idle)
+    print("locked", flush=True)
+    sys.stdin.readline()  # the parent (with its permission overrides) wrote a file into docs
+    os.chmod(docs, 0o755)
+    during = os.path.join(docs, "during.txt")
+    wait(lambda: during in {e.path for e in events})
+    m.stop()
+    print(json.dumps(sorted({e.path for e in events})), flush=True)
+""")
+
+
+def test_changes_in_a_directory_while_it_was_unreadable_are_found_when_it_is_readable(tmp_path: Path) -> None:
+    """inotify: the events in a watched directory made unreadable (chmod 000) could not be examined
+    and were dropped, and its chmod back was ignored: the file written meanwhile was never reported.
+    The recheck is set to a minute, so only the chmod's IN_ATTRIB can bring it back in time."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root (to write into a mode 000 directory) and setpriv to drop that in the child")
+    (tmp_path / "tree" / "docs").mkdir(parents=True)
+    caps = "-dac_override,-dac_read_search"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen(["setpriv", "--bounding-set", caps, "--inh-caps", caps, sys.executable, "-c",
+                              _LOCKED_WHILE_WATCHED_SCRIPT, str(tmp_path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "locked"
+        write(tmp_path / "tree" / "docs" / "during.txt", "written while unreadable")
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.chmod(tmp_path / "tree" / "docs", 0o755)
+    assert child.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == [str(tmp_path / "tree" / "docs" / "during.txt")], err[-2000:]
