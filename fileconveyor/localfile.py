@@ -24,6 +24,7 @@ no errno: callers that classify errors test for these classes first.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -48,6 +49,11 @@ class UnsafeLinkError(OSError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SourceReplacedError(FileNotFoundError):
+    """The file opened is no longer the one at its path (replaced meanwhile, by an editor's atomic
+    save for example): as far as this read goes it is gone, and the new file has its own event."""
 
 
 class UnsafeDirectoryError(OSError):
@@ -132,7 +138,8 @@ def _check_opened_inside(path: str, opened: os.stat_result, root: str) -> None:
         named = None
     if named is None or (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
         # The path changed between open() and realpath(): what was opened cannot be placed.
-        raise UnsafeLinkError(f"{path} changed while it was opened (a symlink swapped?); not read this time")
+        raise SourceReplacedError(errno.ENOENT, "replaced while it was being opened; its new version "
+                                  "has its own event", path)
 
 
 def copy_regular(source: str, destination: str, root: str | None = None) -> os.stat_result:

@@ -27,6 +27,7 @@ from fileconveyor.transporters.base import (
     PermanentError,
     SourceVanishedError,
     TransporterContext,
+    local_file_error,
     open_local_file,
 )
 from fileconveyor.transporters.symlink_or_copy import SymlinkOrCopyTransporter
@@ -191,6 +192,19 @@ def test_link_escape_reason_is_a_pure_decision() -> None:
     assert localfile.link_escape_reason("/t/a", "/t/b/c", "/t", "/t") is None
     assert localfile.link_escape_reason("/t/a", "/t2/c", "/t", "/t") is not None
     assert localfile.link_escape_reason("/t/a", "/etc/shadow", "/t", "/t") is not None
+
+
+def test_a_file_replaced_while_it_is_opened_counts_as_gone_not_as_unsafe(links: pathlib.Path) -> None:
+    """An editor's atomic save between open() and the check: not a refusal of the file (which
+    would fail it for a long backoff), but a vanished version whose successor has its own event."""
+    path = links / "sub" / "real.txt"
+    with open(path, "rb") as opened:
+        (links / "sub" / "new.txt").write_text("new")
+        os.replace(links / "sub" / "new.txt", path)
+        with pytest.raises(localfile.SourceReplacedError) as caught:
+            localfile._check_opened_inside(str(path), os.fstat(opened.fileno()), str(links))
+    assert isinstance(caught.value, FileNotFoundError)
+    assert isinstance(local_file_error(str(path), caught.value), SourceVanishedError)
 
 
 def test_a_link_out_of_the_tree_is_neither_processed_nor_sent(links: pathlib.Path, tmp_path: pathlib.Path) -> None:
