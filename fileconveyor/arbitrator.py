@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Callable, Sequence
 
-from fileconveyor.config import Config
+from fileconveyor.config import Config, written_by_daemon
 from fileconveyor.localfile import kind_of, unsafe_link_reason
 from fileconveyor.settings import Settings
 from fileconveyor.fsmonitor import Event, FSEvent, Monitor
@@ -142,7 +142,7 @@ class Arbitrator:
         # uploaded, then uploaded again for the MODIFIED event the comparison finds for it.
         self.monitor = get_monitor(s.FSMONITOR_BACKEND, self._on_events, s.FSMONITOR_DB,
                                    self.config.ignored_dirs, on_crash=self._crash,
-                                   poll_interval=s.POLL_INTERVAL)
+                                   poll_interval=s.POLL_INTERVAL, excluded=written_by_daemon(self.config))
         self.monitor.start()
         for source in self.config.sources.values():
             self.monitor.add_tree(source.scan_path)
@@ -240,10 +240,7 @@ class Arbitrator:
         monitor = self.monitor
         status: dict[str, object] = {"pid": os.getpid(), "monitor": None, "polled_trees": [], "overflows": 0}
         if monitor is not None:
-            report = getattr(monitor, "runtime_status", None)  # TODO(lead): the base contract's, once it lands
-            status.update(report() if report is not None else {
-                "monitor": monitor.name, "polled_trees": sorted(getattr(monitor, "polled_trees", {}) or {}),
-                "overflows": getattr(monitor, "overflows", 0)})
+            status.update(monitor.runtime_status())
         status["databases_degraded"] = [dataclasses.asdict(d) for d in degraded()]
         blocked = self.pipeline.blocked_counts()
         status["servers"] = {

@@ -136,7 +136,7 @@ def test_a_superseded_copy_known_from_the_records_is_deleted_at_the_next_trip(tm
     leftover = os.path.join(setup.dest, "app_0123456789abcdef0123456789abcdef.js")
     write(leftover, "var a = 0;")
     with sqlite3.connect(setup.db("synced_files.db")) as conn:
-        conn.execute("INSERT INTO synced_copies VALUES (?, 'local', ?, 'http://x/old')",
+        conn.execute("INSERT INTO synced_copies(input_file, server, remote_path, url) VALUES (?, 'local', ?, 'http://x/old')",
                      (source, os.path.basename(leftover)))
     with Daemon(setup):
         write(source, "var a = 2;")
