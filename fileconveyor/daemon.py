@@ -346,9 +346,11 @@ class Runner:
         if self.stop_requested.wait(wait):
             return False
         try:
-            self.config = load_config(self.config_path)
+            config = load_config(self.config_path)
+            check_working_dir(config.settings.WORKING_DIR)
+            self.config = config
         except Exception as error:  # noqa: BLE001 - keep the last good config
-            log.error("The config no longer loads (%s); restarting with the previous one", error)
+            log.error("The config can no longer be used (%s); restarting with the previous one", error)
         return True
 
 

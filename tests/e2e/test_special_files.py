@@ -131,3 +131,27 @@ def test_a_synced_file_replaced_by_a_link_out_of_the_tree_is_unpublished(tmp_pat
         except AssertionError as error:
             raise AssertionError(f"{error}\n{daemon.log_tail()}") from None
         assert not any(b"TOP SECRET" in data for data in tree(setup.dest).values())
+
+
+def test_a_self_restart_refuses_a_working_dir_made_unsafe_in_the_config(tmp_path):
+    """The config is reloaded at each self-restart: a WORKING_DIR that another user can write is
+    refused then too (the previous config is kept), not only at start."""
+    setup = write_config(tmp_path)
+    marker = os.path.join(setup.state, "crash-now")
+    config = open(setup.config).read().replace('transporter="symlink_or_copy"', 'transporter="tests.e2e.crashy"')
+    open(setup.config, "w").write(config.replace("</location>", f"</location><crash_marker>{marker}</crash_marker>"))
+    shared = os.path.join(setup.root, "shared")
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    open(marker, "w").close()
+    with Daemon(setup) as daemon:
+        text = open(setup.config).read()
+        start = text.index("<WORKING_DIR>") + len("<WORKING_DIR>")
+        open(setup.config, "w").write(text[:start] + shared + text[text.index("</WORKING_DIR>"):])
+        write(os.path.join(setup.source, "a.txt"), "a")
+        wait_for(lambda: "has restarted itself" in open(setup.log_file).read(), 30, "a self-restart")
+        log = open(setup.log_file).read()
+        assert "The config can no longer be used" in log and "WORKING_DIR" in log, daemon.log_tail()
+        os.remove(marker)
+        wait_for(lambda: tree(setup.dest).get("a.txt") == b"a", 30, "a.txt to be published")
+        assert os.listdir(shared) == []
