@@ -353,6 +353,10 @@ def test_users_of_the_old_default_are_told(tmp_path: pathlib.Path) -> None:
     status = _fileconveyor("status", "--config", config, home=str(home))
     assert "NOTE: " + str(legacy) + " is no longer used" in status.stdout
     assert str(tmp_path / "fileconveyor.pid") in status.stdout
+    upgraded = _fileconveyor("upgrade", "--config", config, home=str(home))
+    assert upgraded.returncode == 0 and f"NOTE: {legacy} is no longer used" in upgraded.stdout, upgraded.stderr
+    stopped = _fileconveyor("stop", "--config", config, home=str(home))
+    assert "not running" in stopped.stdout and f"NOTE: {legacy} is no longer used" in stopped.stderr
     # A daemon of an older version still running with it: starting beside it is refused.
     old = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "fileconveyor"],
                            stdin=subprocess.PIPE)
