@@ -2,6 +2,8 @@
 stopped and checked for leaked threads. Tests wait on conditions (`wait_for`), never on sleeps."""
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -23,6 +25,30 @@ def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.005)
+
+
+#: The start of a script run in a child process (`python -c`): its own bounded `wait`.
+CHILD_PRELUDE = """
+import json, logging, os, sys, time
+def wait(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pred()
+"""
+
+#: Capabilities a root child drops so that file permissions apply to it (mode 000 is unreadable).
+_DAC = "-dac_override,-dac_read_search"
+
+
+def without_permission_overrides() -> list[str]:
+    """Command prefix that runs a child under which mode 000 means unreadable even for root
+    (`setpriv`, util-linux); [] when not root. Skips the test when it cannot be done."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to drop root's permission overrides in a child")
+    return ["setpriv", "--bounding-set", _DAC, "--inh-caps", _DAC]
 
 
 class Collector:

@@ -14,7 +14,7 @@ import pytest
 
 from fileconveyor.fsmonitor.base import Event
 
-from .conftest import PRESENT, Collector, Harness, final, pairs
+from .conftest import CHILD_PRELUDE, PRESENT, Collector, Harness, final, pairs
 
 C, M, D = Event.CREATED, Event.MODIFIED, Event.DELETED
 REPO = Path(__file__).resolve().parents[2]
@@ -76,8 +76,7 @@ def test_real_queue_overflow_triggers_a_rescan_that_loses_nothing(inotify: Harne
     assert set(final(got.events)) == set(files)
 
 
-_WATCH_LIMIT_SCRIPT = textwrap.dedent("""
-    import json, logging, os, sys, time
+_WATCH_LIMIT_SCRIPT = CHILD_PRELUDE + textwrap.dedent("""
     from fileconveyor.fsmonitor.inotify import InotifyMonitor
     base = sys.argv[1]
     # This process runs in its own user namespace: the limit below is that namespace's own and
@@ -93,10 +92,6 @@ _WATCH_LIMIT_SCRIPT = textwrap.dedent("""
     events = []
     small, big = os.path.join(base, "small"), os.path.join(base, "big")
     m = InotifyMonitor(events.extend, os.path.join(base, "fsmonitor.db"), poll_interval=0.2)
-    def wait(pred):
-        deadline = time.monotonic() + 10
-        while not pred() and time.monotonic() < deadline:
-            time.sleep(0.01)
     m.add_tree(small)
     m.add_tree(big)
     m.start()

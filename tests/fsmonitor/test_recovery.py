@@ -19,7 +19,8 @@ import pytest
 
 from fileconveyor.fsmonitor.base import Event
 
-from .conftest import PRESENT, Collector, Harness, final, pairs, wait_for
+from .conftest import (CHILD_PRELUDE, PRESENT, Collector, Harness, final, pairs, wait_for,
+                       without_permission_overrides)
 
 C, M, D = Event.CREATED, Event.MODIFIED, Event.DELETED
 REPO = Path(__file__).resolve().parents[2]
@@ -199,8 +200,7 @@ def test_unmounted_root_is_not_read_as_every_file_deleted(harness: Harness, moun
     got.wait_paths({live: PRESENT})
 
 
-_UNREADABLE_SCRIPT = textwrap.dedent("""
-    import json, os, sys, time
+_UNREADABLE_SCRIPT = CHILD_PRELUDE + textwrap.dedent("""
     backend, base = sys.argv[1], sys.argv[2]
     if backend == "inotify":
         from fileconveyor.fsmonitor.inotify import InotifyMonitor as Monitor
@@ -211,11 +211,6 @@ _UNREADABLE_SCRIPT = textwrap.dedent("""
     events = []
     m = Monitor(events.extend, os.path.join(base, "fsmonitor.db"), recheck_interval=0.2, **kw)
     t1, t2 = os.path.join(base, "t1"), os.path.join(base, "t2")
-    def wait(pred):
-        deadline = time.monotonic() + 10
-        while not pred() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return pred()
     def status():
         report = getattr(m, "runtime_status", None)
         return {u["path"]: u["reason"] for u in report()["unwatched"]} if report else None
@@ -253,12 +248,7 @@ def test_unreadable_directory_and_root_are_scanned_once_readable(backend: str, t
     visible, hidden, later = write(t1 / "ok" / "g"), write(t1 / "locked" / "f"), write(t2 / "h")
     os.chmod(t1 / "locked", 0)
     os.chmod(t2, 0)
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv (util-linux) to drop root's permission overrides in a child")
-        caps = "-dac_override,-dac_read_search"
-        prefix = ["setpriv", "--bounding-set", caps, "--inh-caps", caps]
+    prefix = without_permission_overrides()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         run = subprocess.run([*prefix, sys.executable, "-c", _UNREADABLE_SCRIPT, backend, str(tmp_path)],
@@ -275,17 +265,12 @@ def test_unreadable_directory_and_root_are_scanned_once_readable(backend: str, t
     assert result["after"] == {}
 
 
-_LOCKED_WHILE_WATCHED_SCRIPT = textwrap.dedent("""
-    import json, os, sys, time
+_LOCKED_WHILE_WATCHED_SCRIPT = CHILD_PRELUDE + textwrap.dedent("""
     from fileconveyor.fsmonitor.inotify import InotifyMonitor
     base = sys.argv[1]
     tree, docs = os.path.join(base, "tree"), os.path.join(base, "tree", "docs")
     events = []
     m = InotifyMonitor(events.extend, os.path.join(base, "fsmonitor.db"), recheck_interval=60)
-    def wait(pred):
-        deadline = time.monotonic() + 10
-        while not pred() and time.monotonic() < deadline:
-            time.sleep(0.01)
     m.add_tree(tree)
     m.start()
     wait(lambda: m.is_idle)
@@ -305,12 +290,11 @@ def test_changes_in_a_directory_while_it_was_unreadable_are_found_when_it_is_rea
     """inotify: the events in a watched directory made unreadable (chmod 000) could not be examined
     and were dropped, and its chmod back was ignored: the file written meanwhile was never reported.
     The recheck is set to a minute, so only the chmod's IN_ATTRIB can bring it back in time."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root (to write into a mode 000 directory) and setpriv to drop that in the child")
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to write into a mode 000 directory while the child cannot read it")
     (tmp_path / "tree" / "docs").mkdir(parents=True)
-    caps = "-dac_override,-dac_read_search"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen(["setpriv", "--bounding-set", caps, "--inh-caps", caps, sys.executable, "-c",
+    child = subprocess.Popen([*without_permission_overrides(), sys.executable, "-c",
                               _LOCKED_WHILE_WATCHED_SCRIPT, str(tmp_path)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
