@@ -790,13 +790,16 @@ class _Loader:
                 continue
             for rule in rules:
                 for destination in rule.destinations:
-                    if destination.server == server.name and destination.path:
-                        target = os.path.join(location, destination.path)
-                        self._refuse_in_trees(destination.line, (
+                    if destination.server != server.name:
+                        continue
+                    target = os.path.join(location, destination.path) if destination.path else location
+                    if destination.path and self._refuse_in_trees(destination.line, (
                             f"destination path {destination.path!r} on server {server.name!r} "
                             f"({target!r})"), target, sources, ignored, (
                             "every file published there would be seen as a new file and published again, "
-                            "for ever; write a destination path that leads outside it"))
+                            "for ever; write a destination path that leads outside it")):
+                        continue
+                    self._warn_source_below(destination.line, rule, server.name, target, sources)
         if settings is None:
             return
         for name in ("WORKING_DIR", "PERSISTENT_DATA_DB", "SYNCED_FILES_DB", "FSMONITOR_DB", "PID_FILE", "LOG_FILE"):
@@ -821,6 +824,24 @@ class _Loader:
             self.error(line, f"{what} lies inside the watched tree of source {source.name!r} "
                              f"({source.scan_path!r}): {why}{_ignore_advice(source, placed)}")
         return refused
+
+    def _warn_source_below(self, line: int, rule: Rule, server: str, target: str,
+                           sources: Mapping[str, Source]) -> None:
+        """A tree inside the directory a rule publishes into: a file whose path below its source
+        starts with the way from `target` to that tree would be written into the tree."""
+        source = sources.get(rule.source)
+        for tree in sources.values():
+            placed = _placed_in(target, tree.scan_path)
+            if placed is None or source is None:
+                continue
+            way = os.path.relpath(placed, target)
+            if way == ".":
+                continue  # target == the tree: refused above as a location inside it
+            self.warning(line, (
+                f"rule {rule.label!r} publishes into {target!r} on server {server!r}, which holds the tree "
+                f"of source {tree.name!r}: a file of source {source.name!r} below {way + '/'!r} would be "
+                f"written into {tree.scan_path!r}, over a source file; write a destination path (or "
+                "location) that does not hold a source tree"))
 
     def _check_system_directories(self, element: etree._Element, source: Source) -> None:
         allowed = _attr(element, "allowSystemDirectories")

@@ -170,3 +170,14 @@ def test_written_by_daemon_lists_local_destinations_and_state(tmp_path: pathlib.
     assert str(tmp_path / "webroot") in paths
     assert {str(tmp_path / "fsmonitor.db"), str(tmp_path / "fsmonitor.db-wal"),
             str(tmp_path / "persistent_data.db-journal"), str(tmp_path / "processor_work")} <= set(paths)
+
+
+def test_a_destination_holding_a_source_tree_is_a_warning(tmp_path: pathlib.Path) -> None:
+    """location=/var/www with scanPath=/var/www/site: site/x of the source would land on site/x."""
+    path, line = write(tmp_path, doc(servers=local_server(str(tmp_path), mark=False),
+                                     rules=LOCAL_RULES.replace('<destination server="web"/>',
+                                                               f'<destination server="web"/>{MARK}')))
+    problems = check_config(path)
+    assert not [p for p in problems if p.severity == "error"], problems
+    warned = [p for p in problems if "holds the tree of source 'site'" in p.message]
+    assert [p.line for p in warned] == [line] and "below 'site/'" in warned[0].message
