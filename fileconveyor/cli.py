@@ -308,7 +308,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except OSError as error:  # a user who may only read the state cannot write the daemon's log
         setup_logging(Settings({**config.settings.as_dict(), "LOG_FILE": ""}), console=True, verbose=args.verbose)
         log.warning("Not logging to %s (%s); messages go to the console only", config.settings.LOG_FILE, error)
-    return verify(config, requeue=args.requeue, out=sys.stdout)
+    return verify(config, requeue=args.requeue, out=sys.stdout, deep=args.deep)
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -356,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("verify", parents=[common], help="check that every synced file is at its destination")
-    p.add_argument("--requeue", action="store_true", help="queue the missing files again")
+    p.add_argument("--requeue", action="store_true", help="queue the missing and different files again")
+    p.add_argument("--deep", action="store_true",
+                   help="where a listing gives no hash (local, SFTP, FTP), read every copy back to compare it")
     p.set_defaults(func=cmd_verify)
     p = sub.add_parser("upgrade", parents=[common],
                        help="bring state databases to the current schema (--resync-all, --*-db: see "

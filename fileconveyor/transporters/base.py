@@ -486,6 +486,14 @@ class Transporter(abc.ABC):
         yields nothing. Errors are classified as for every other operation."""
         raise NotImplementedError
 
+    #: Can `read_back_md5` read a copy back (`verify --deep`)? Where listings give no hash.
+    can_read_back: ClassVar[bool] = False
+
+    def read_back_md5(self, remote_path: str) -> str | None:
+        """Hex MD5 of the content at `remote_path`, read back from the server; None if there is
+        no file there. Only called when `can_read_back`."""
+        raise NotImplementedError
+
     def probe(self) -> None:
         """Cheap check that the server is reachable and the settings work; raises a classified
         error. The pool calls it while a paused server is being watched."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime
 import errno
 import ftplib
+import hashlib
 import logging
 import os
 import posixpath
@@ -103,6 +104,7 @@ class FTPTransporter(Transporter):
         "ca_file": "",
     }
     can_list = True
+    can_read_back = True
 
     def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
         super().__init__(settings, context)
@@ -433,6 +435,19 @@ class FTPTransporter(Transporter):
         servers without MLST. LIST gives no usable time and may hide dot files (temporary
         names) on some servers."""
         return walk_sorted(self._read_directory, listing_prefix(prefix))
+
+    def read_back_md5(self, remote_path: str) -> str | None:
+        relative = normalize_remote_path(remote_path)
+
+        def read(ftp: ftplib.FTP) -> str | None:
+            full = self._full(relative)
+            if not self._is_file(ftp, full):
+                return None
+            digest = hashlib.md5(usedforsecurity=False)
+            ftp.retrbinary("RETR " + full, digest.update, blocksize=BLOCK_SIZE)
+            return digest.hexdigest()
+
+        return self._run(f"read-back of {relative}", read)
 
     def _read_directory(self, relative: str) -> list[DirectoryEntry] | None:
         def read(ftp: ftplib.FTP) -> list[DirectoryEntry] | None:

@@ -151,6 +151,7 @@ class SFTPTransporter(Transporter):
     }
     can_move = True
     can_list = True
+    can_read_back = True
 
     def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
         super().__init__(settings, context)
@@ -478,6 +479,24 @@ class SFTPTransporter(Transporter):
         """A walk with READDIR (attributes come with the names: one round trip per directory
         and page of names). A symlink is stat()ed for what it points at."""
         return walk_sorted(self._read_directory, listing_prefix(prefix))
+
+    def read_back_md5(self, remote_path: str) -> str | None:
+        relative = normalize_remote_path(remote_path)
+
+        def read(sftp: paramiko.SFTPClient) -> str | None:
+            digest = hashlib.md5(usedforsecurity=False)
+            try:
+                with sftp.open(self._full(relative), "rb") as remote:
+                    remote.prefetch()
+                    for block in iter(lambda: remote.read(1024 * 1024), b""):
+                        digest.update(block)
+            except IOError as error:
+                if isinstance(error, _CONNECTION_ERRORS) or error.errno != errno.ENOENT:
+                    raise
+                return None
+            return digest.hexdigest()
+
+        return self._run(f"read-back of {relative}", read)
 
     def _read_directory(self, relative: str) -> list[DirectoryEntry] | None:
         full = self._full(relative) if relative else (self._root or ".")

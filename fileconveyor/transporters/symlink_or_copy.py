@@ -26,12 +26,14 @@ elsewhere is refused rather than written through).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
 from typing import BinaryIO, Iterator, Mapping
 
 from fileconveyor.filter import is_within
+from fileconveyor.localfile import open_regular
 from fileconveyor.transporters.base import (
     ConfigurationError,
     DirectoryEntry,
@@ -70,6 +72,7 @@ class SymlinkOrCopyTransporter(Transporter):
     valid_settings = frozenset({"location", "url", "symlinkWithin"})
     required_settings = frozenset({"location", "url"})
     can_list = True
+    can_read_back = True
 
     def __init__(self, settings: Mapping[str, str], context: TransporterContext) -> None:
         super().__init__(settings, context)
@@ -172,7 +175,9 @@ class SymlinkOrCopyTransporter(Transporter):
     def list_files(self, prefix: str = "") -> Iterator[RemoteEntry]:
         """scandir, one directory at a time. Published symlinks are followed for the size and
         mtime of what they serve; a dangling one is not listed (a web server serves nothing
-        there); symlinked directories are not entered (they could lead out of the root)."""
+        there); symlinked directories are not entered (they could lead out of the root). The
+        private temporary directory is not listed: nothing in it is published, and what an
+        interrupted upload left there is swept by the transporter itself."""
         start = listing_prefix(prefix)
         if start:
             if not os.path.isdir(os.path.join(self.location, start)):
@@ -180,15 +185,29 @@ class SymlinkOrCopyTransporter(Transporter):
             self._target(start + "/x", create_parent=False)  # refuses a way out of the root
         return walk_sorted(self._read_directory, start)
 
+    def read_back_md5(self, remote_path: str) -> str | None:
+        target = self._target(normalize_remote_path(remote_path), create_parent=False)
+        try:
+            with open_regular(target) as published:  # through a published link, never a FIFO
+                digest = hashlib.md5(usedforsecurity=False)
+                for block in iter(lambda: published.read(1024 * 1024), b""):
+                    digest.update(block)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise self._classify(error, f"cannot read {target!r} back") from None
+        return digest.hexdigest()
+
     def _read_directory(self, relative: str) -> list[DirectoryEntry] | None:
         directory = os.path.join(self.location, relative)
         self.listing_requests += 1
-        temporary = relative == TEMP_DIRECTORY or relative.startswith(TEMP_DIRECTORY + "/")
         found: list[DirectoryEntry] = []
         try:
             with os.scandir(directory) as entries:
                 for entry in entries:
                     path = f"{relative}/{entry.name}" if relative else entry.name
+                    if path == TEMP_DIRECTORY:
+                        continue  # private, never published (and unreadable to other users)
                     if entry.is_dir(follow_symlinks=False):
                         found.append((entry.name, None))
                         continue
@@ -199,7 +218,7 @@ class SymlinkOrCopyTransporter(Transporter):
                     if stat.S_ISREG(info.st_mode):
                         found.append((entry.name, RemoteEntry(
                             path, info.st_size, mtime=info.st_mtime,
-                            temporary=temporary or is_temporary_name(entry.name))))
+                            temporary=is_temporary_name(entry.name))))
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as error:

@@ -203,3 +203,14 @@ class TreeConformance:
         assert entries["mp.bin"].size == len(data)
         assert entries["mp.bin"].md5 is None and entries["mp.bin"].etag
         assert entries["single.txt"].md5 == hashlib.md5(b"single part").hexdigest()
+
+    # -- read-back (verify --deep) --------------------------------------------------------------------
+
+    def test_read_back_md5(self, transporter: Transporter, tmp_path: pathlib.Path) -> None:
+        if not transporter.can_read_back:
+            pytest.skip("this transporter cannot read copies back (can_read_back is false)")
+        data = os.urandom(3 * 1024 * 1024 + 5)
+        (tmp_path / "r").write_bytes(data)
+        transporter.upload(str(tmp_path / "r"), "r/back.bin")
+        assert transporter.read_back_md5("r/back.bin") == hashlib.md5(data).hexdigest()
+        assert transporter.read_back_md5("r/missing.bin") is None

@@ -1,0 +1,100 @@
+"""`verify` on content (issue 9 item 3): a copy overwritten behind File Conveyor's back is
+reported DIFFERENT, from one listing per destination.
+
+Real daemon, real destinations: a local web root (copies; the listing gives sizes, `--deep` reads
+them back) and moto's S3 (the listing's ETag is the MD5 of a single-part object). Each overwrite is
+made around File Conveyor, as another tool or a person would.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+
+from fileconveyor.config import load_config
+from fileconveyor.pipeline.synced_files import SyncedFiles, copies_on_server
+from fileconveyor.verify import _check_server
+from tests.e2e.harness import (
+    REPO, Daemon, counts, query, synced_inputs, wait_for, wait_in_sync, write_config,
+)
+from tests.e2e.remote_trees import add_servers
+from tests.servers.moto import FAKE_KEY_ID, FAKE_SECRET, MotoServer
+
+COPY = ("tests.e2e.processors.Copy",)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "fileconveyor", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_local_copies_overwritten_are_found_by_size_and_by_deep_read_back(tmp_path):
+    setup = write_config(tmp_path, processors=COPY)
+    for i in range(5):
+        pathlib.Path(setup.source, f"f{i}.txt").write_text(f"content {i}")
+    with Daemon(setup) as daemon:
+        wait_in_sync(setup, daemon)
+        assert daemon.terminate() == 0
+    recorded = query(setup.db("synced_files.db"),
+                     "SELECT remote_path, size, md5 FROM synced_copies ORDER BY remote_path")
+    assert recorded == [(f"f{i}.txt", len(f"content {i}"),
+                         hashlib.md5(f"content {i}".encode()).hexdigest()) for i in range(5)]
+    assert cli("verify", "--config", setup.config).returncode == 0
+
+    pathlib.Path(setup.dest, "f1.txt").write_text("CONTENT 1")  # same size, other bytes
+    result = cli("verify", "--config", setup.config)
+    assert result.returncode == 0, result.stdout  # a local listing has no hash: size only
+    result = cli("verify", "--deep", "--config", setup.config)
+    assert result.returncode == 1, result.stdout
+    assert "DIFFERENT on local:" in result.stdout and "f1.txt: content differs" in result.stdout
+
+    pathlib.Path(setup.dest, "f2.txt").write_text("much longer than before")
+    result = cli("verify", "--config", setup.config)
+    assert result.returncode == 1
+    assert "f2.txt: size 23, expected 9" in result.stdout
+    assert "0 missing, 1 different" in result.stdout
+
+    assert cli("verify", "--deep", "--requeue", "--config", setup.config).returncode == 1
+    with Daemon(setup) as daemon:
+        wait_for(lambda: cli("verify", "--deep", "--config", setup.config).returncode == 0,
+                 timeout=60, what="the requeued copies to be uploaded again")
+        assert daemon.terminate() == 0
+    assert pathlib.Path(setup.dest, "f1.txt").read_text() == "content 1"
+
+
+def test_s3_objects_overwritten_or_deleted_are_reported_from_one_listing(
+        tmp_path, moto_server: MotoServer, s3_bucket: str):
+    setup = write_config(tmp_path)
+    add_servers(setup, {"s3": ("s3", {"endpoint_url": moto_server.endpoint,
+                                      "access_key_id": FAKE_KEY_ID,
+                                      "secret_access_key": FAKE_SECRET,
+                                      "bucket_name": s3_bucket}, 4)}, keep_local=False)
+    for i in range(30):
+        pathlib.Path(setup.source, "d", f"f{i:02}.txt").parent.mkdir(exist_ok=True)
+        pathlib.Path(setup.source, "d", f"f{i:02}.txt").write_text(f"object {i:02}")
+    with Daemon(setup) as daemon:
+        wait_for(lambda: len(synced_inputs(setup)) == 30 and not any(counts(setup).values()),
+                 timeout=60, what="30 files synced to S3")
+        assert daemon.terminate() == 0
+    s3 = moto_server.client()
+    s3.put_object(Bucket=s3_bucket, Key="d/f03.txt", Body=b"OBJECT 03")  # same size
+    s3.delete_object(Bucket=s3_bucket, Key="d/f04.txt")
+
+    result = cli("verify", "--config", setup.config)
+    assert result.returncode == 1, result.stdout
+    assert "DIFFERENT on s3:" in result.stdout and "d/f03.txt: content differs" in result.stdout
+    assert "MISSING on s3:" in result.stdout and "f04.txt" in result.stdout
+    assert "Checked 30 file(s) on 1 server(s): 28 present, 1 missing, 1 different" in result.stdout
+
+    config = load_config(setup.config)
+    synced = SyncedFiles(setup.db("synced_files.db"), readonly=True)
+    try:
+        rows = [row for row in synced.all() if row.server == "s3"]
+        report = _check_server(config, "s3", rows, copies_on_server(synced, "s3"))
+    finally:
+        synced.close()
+    assert len(rows) == 30 and report.listing_requests == 1  # not one request per file
+    assert [(d[1], d[2].split(" (")[0]) for d in report.different] == [("d/f03.txt", "content differs")]
