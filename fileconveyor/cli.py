@@ -153,13 +153,16 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from fileconveyor.daemon import stop_daemon
+    from fileconveyor.daemon import remove_stale_pid_file, stop_daemon
 
     config = _load(args)
     timeout = config.settings.SHUTDOWN_TIMEOUT + 30 if args.timeout is None else args.timeout
     stopped = stop_daemon(config.settings.PID_FILE, timeout, kill=args.kill)
     if stopped is None:
         print(f"File Conveyor is not running (no live process in {config.settings.PID_FILE})")
+        # Left by a daemon that was killed: the Drupal module takes its mere existence for "running".
+        if remove_stale_pid_file(config.settings.PID_FILE):
+            print(f"Removed the stale PID file {config.settings.PID_FILE}")
         _tell_about_legacy_pid_file(config)
         return 0
     how = " with SIGKILL: it did not exit after SIGTERM" if stopped.killed else ""

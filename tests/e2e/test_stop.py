@@ -79,3 +79,14 @@ def test_stop_rejects_a_bad_timeout(tmp_path):
     setup = write_config(tmp_path)
     result = cli("stop", "--timeout", "soon", "--config", setup.config)
     assert result.returncode == 2 and "not a number of seconds" in result.stderr
+
+
+def test_stop_removes_a_stale_pid_file(tmp_path):
+    """Left by a daemon killed with SIGKILL: the Drupal module takes the file's existence for
+    "running", so `stop` (asked to make sure nothing runs) removes it."""
+    setup = write_config(tmp_path)
+    with open(setup.pid_file, "w") as handle:
+        handle.write("999999\n")
+    result = cli("stop", "--config", setup.config)
+    assert result.returncode == 0 and "not running" in result.stdout
+    assert "Removed the stale PID file" in result.stdout and not os.path.exists(setup.pid_file)
