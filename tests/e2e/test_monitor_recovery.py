@@ -76,5 +76,5 @@ def test_symlinked_scan_path_syncs_live_changes_under_its_configured_path(tmp_pa
         wait_in_sync(setup, daemon)
         assert synced_inputs(setup) == {os.path.join(setup.source, p)
                                         for p in ("first.css", "live.css", "newdir/deep.css")}
-        status = command(setup.config, "status")
-        assert f"{setup.source} is a symlink: watching {real}" in status.stdout, status.stdout
+        said = f"{setup.source} is a symlink: watching {real}"  # published within a second
+        wait_for(lambda: said in command(setup.config, "status").stdout, what=f"status saying {said!r}")
