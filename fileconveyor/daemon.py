@@ -154,17 +154,21 @@ LEGACY_PID_FILE = "~/.fileconveyor.pid"
 
 
 def legacy_daemon_pid(pid_file: str) -> int | None:
-    """The PID of a live File Conveyor named by the PID file `pid_file` of an older version (which
-    did not necessarily lock it), or None."""
-    pid = running_pid(pid_file) or read_pid(pid_file)
-    if pid is None or pid <= 0 or pid == os.getpid() or not is_alive(pid):
+    """The PID of a live File Conveyor named by the PID file `pid_file` of an older version, or
+    None. Earlier builds of this version lock it (that is proof); the original did not, so its PID
+    counts only if that process runs the original's `arbitrator.py` (PIDs are reused)."""
+    locked = running_pid(pid_file)
+    if locked is not None:
+        return locked if locked > 0 else None
+    pid = read_pid(pid_file)
+    if pid is None or pid == os.getpid() or not is_alive(pid):
         return None
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             command = handle.read()
     except OSError:
         return pid  # no /proc: trust the file
-    return pid if b"fileconveyor" in command or b"arbitrator" in command else None
+    return pid if b"arbitrator.py" in command else None
 
 
 def legacy_pid_file_note(settings: Settings | types.SimpleNamespace) -> str | None:

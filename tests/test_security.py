@@ -357,8 +357,12 @@ def test_users_of_the_old_default_are_told(tmp_path: pathlib.Path) -> None:
     assert upgraded.returncode == 0 and f"NOTE: {legacy} is no longer used" in upgraded.stdout, upgraded.stderr
     stopped = _fileconveyor("stop", "--config", config, home=str(home))
     assert "not running" in stopped.stdout and f"NOTE: {legacy} is no longer used" in stopped.stderr
-    # A daemon of an older version still running with it: starting beside it is refused.
-    old = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "fileconveyor"],
+    # A PID that is alive but not the original's daemon (PIDs are reused) is not mistaken for one.
+    legacy.write_text(f"{os.getpid()}\n")
+    assert "is no longer used" in _fileconveyor("status", "--config", config, home=str(home)).stdout
+    # The original's daemon (`python arbitrator.py`, no lock) still running with it: starting
+    # beside it is refused.
+    old = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "arbitrator.py"],
                            stdin=subprocess.PIPE)
     try:
         legacy.write_text(f"{old.pid}\n")
@@ -369,6 +373,15 @@ def test_users_of_the_old_default_are_told(tmp_path: pathlib.Path) -> None:
         assert upgraded.returncode == 1 and f"PID {old.pid}" in upgraded.stderr
     finally:
         old.communicate(b"", timeout=30)
+    # An earlier build of this version locks the file: the lock is proof enough.
+    legacy.write_text(f"{os.getpid()}\n")
+    fd = os.open(legacy, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        started = _fileconveyor("start", "--config", config, home=str(home))
+        assert started.returncode == 1 and f"still running (PID {os.getpid()})" in started.stderr
+    finally:
+        os.close(fd)
     # An explicit PID_FILE keeps working and silences the note.
     explicit = _config(tmp_path, f"<PID_FILE>{legacy}</PID_FILE>")
     assert "NOTE" not in _fileconveyor("status", "--config", explicit, home=str(home)).stdout
