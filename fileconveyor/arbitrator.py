@@ -90,6 +90,8 @@ class Arbitrator:
         self.chains: dict[str, ProcessorChain] = {}
         self._dispatcher: threading.Thread | None = None
         self._records: queue.Queue[_Record | None] = queue.Queue()
+        self._completions: queue.Queue[Trip | None] = queue.Queue()
+        self._completer: threading.Thread | None = None
         self._recorder: threading.Thread | None = None
         #: Working directories of finished files, removed off the hot threads.
         self._cleanup: queue.Queue[list[str] | None] = queue.Queue()
@@ -134,6 +136,9 @@ class Arbitrator:
         self._recorder = threading.Thread(target=self._guarded, args=(self._record_loop,),
                                           name="recorder", daemon=True)
         self._recorder.start()
+        self._completer = threading.Thread(target=self._guarded, args=(self._completion_loop,),
+                                           name="completer", daemon=True)
+        self._completer.start()
         self._cleaner = threading.Thread(target=self._guarded, args=(self._cleanup_loop,),
                                          name="cleaner", daemon=True)
         self._cleaner.start()
@@ -181,6 +186,9 @@ class Arbitrator:
         if self._recorder is not None:
             self._records.put(None)  # flush what finished transfers reported, then stop
             self._recorder.join(max(1.0, deadline - time.monotonic()))
+        if self._completer is not None:
+            self._completions.put(None)  # after the recorder: its last records complete trips
+            self._completer.join(max(1.0, deadline - time.monotonic()))
         if self._cleaner is not None:
             self._cleanup.put(None)
             self._cleaner.join(max(1.0, deadline - time.monotonic()))
@@ -423,15 +431,49 @@ class Arbitrator:
         self._records.put(_Record(trip, planned))
 
     def complete(self, trip: Trip) -> None:
-        """The end of a path's trip (called exactly once per trip, by Trip._complete)."""
-        s = self.settings
+        """The end of a path's trip (called exactly once per trip, by Trip._complete). A successful
+        one is completed with its batch by the completer; `trip_ended` follows in every case."""
         if trip.work_dirs:
             self._cleanup.put(trip.work_dirs)
-        trip.finish_records()
-        if not trip.failures:
-            self.pipeline.complete(trip.path)
-            self._schedule_source_deletion(trip)
-            return
+        try:
+            trip.finish_records()
+            if not trip.failures:
+                self._completions.put(trip)
+                return
+            self._fail(trip)
+        except Exception:  # noqa: BLE001 - the path stays in pipeline_list and is resumed at restart
+            log.error("Cannot complete the trip of %s; it is resumed at the next start", trip.path, exc_info=True)
+        self.trip_ended(trip)
+
+    def _completion_loop(self) -> None:
+        """Complete successful trips in batches: whatever finished while the last commit ran."""
+        while True:
+            first = self._completions.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < RECORD_BATCH:
+                try:
+                    trip = self._completions.get_nowait()
+                except queue.Empty:
+                    break
+                if trip is None:
+                    stop = True
+                    break
+                batch.append(trip)
+            try:
+                self.pipeline.complete_many([trip.path for trip in batch])
+                for trip in batch:
+                    self._schedule_source_deletion(trip)
+            finally:
+                for trip in batch:
+                    self.trip_ended(trip)
+            if stop:
+                return
+
+    def _fail(self, trip: Trip) -> None:
+        s = self.settings
         server = trip.paused_server()
         if server is not None:
             if self.pipeline.block(trip.item, server, trip.done):

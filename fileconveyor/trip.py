@@ -436,10 +436,7 @@ class Trip:
                 log.error("%s: completed twice; ignoring (a bug, please report it)", self.path)
                 return
             self._completed = True
-        try:
-            self.conveyor.complete(self)
-        finally:
-            self.conveyor.trip_ended(self)
+        self.conveyor.complete(self)  # which ends the trip, now or with its batch
 
     def finish_records(self) -> None:
         """Forget the copies this trip deleted (all of a deleted file's records when it succeeded)."""
