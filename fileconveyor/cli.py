@@ -203,6 +203,9 @@ def status_report(config: Config) -> dict[str, Any]:
                 runtime = json.load(handle)
             if runtime.get("pid") == pid:
                 report["runtime"] = runtime
+                # A source tree that is not watched syncs nothing: a problem (exit status 1).
+                report["problems"].extend(f"source tree {u['path']} is not watched: {u['reason']}"
+                                          for u in runtime.get("unwatched", []) if u.get("kind") == "tree")
         except (OSError, ValueError):
             pass
     report.update(waiting=0, in_flight=0, failed=0, to_delete=0, in_flight_files=[], failed_files=[])
@@ -266,8 +269,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"    polled (out of inotify watches): {tree}")
         for tree, target in sorted(runtime.get("resolved_roots", {}).items()):
             print(f"    {tree} is a symlink: watching {target}")
-        for item in runtime.get("unwatched", []):
-            print(f"  {item['kind']} NOT WATCHED for {time.time() - item['since']:.0f} s: {item['path']}: {item['reason']}")
+        for item in runtime.get("unwatched", []):  # trees are listed as problems, below
+            if item["kind"] != "tree":
+                print(f"  directory NOT WATCHED for {time.time() - item['since']:.0f} s: {item['path']}: "
+                      f"{item['reason']}")
         hidden = runtime.get("unwatched_count", 0) - len(runtime.get("unwatched", []))
         if hidden > 0:
             print(f"  ... and {hidden} more not watched (see the log)")

@@ -42,8 +42,8 @@ def test_deleted_source_root_is_shown_by_status_and_watched_again(tmp_path) -> N
         shutil.rmtree(setup.source)
         wait_for(lambda: setup.source in unwatched(setup.config), what="status listing the missing tree")
         human = command(setup.config, "status")
-        assert human.returncode != 2 and "NOT WATCHED" in human.stdout and setup.source in human.stdout, \
-            human.stdout + human.stderr
+        assert human.returncode == 1, human.stdout + human.stderr  # a tree not watched is a problem
+        assert f"PROBLEM: source tree {setup.source} is not watched: was deleted" in human.stdout, human.stdout
         checked = command(setup.config, "verify")
         assert checked.returncode != 2 and "Traceback" not in checked.stdout + checked.stderr, checked.stderr
         os.makedirs(os.path.join(setup.source, "img"))
