@@ -269,6 +269,8 @@ class TreeMonitor(Monitor):
         if now < self._next_recheck:
             return []
         self._next_recheck = now + self.recheck_interval
+        if self.excluded:
+            self._update_exclusions()  # an excluded path may have become a symlink into a tree
         todo: list[str] = []
         with self._lock:
             unwatched = dict(self._unwatched)
