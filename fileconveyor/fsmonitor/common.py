@@ -226,10 +226,11 @@ class TreeMonitor(Monitor):
             return False
         before = self._root_states.get(tree)
         self._root_states[tree] = state
-        if before is None or before.resolved != state.resolved:
-            if state.resolved != tree:
-                log.info("Watched tree %s is a symlink: watching %s (paths are reported under %s)",
-                         tree, state.resolved, tree)
+        resolved_anew = before is None or before.resolved != state.resolved
+        if resolved_anew and state.resolved != tree:
+            log.info("Watched tree %s is a symlink: watching %s (paths are reported under %s)",
+                     tree, state.resolved, tree)
+        if resolved_anew or self.excluded:  # (an excluded path may have become a symlink into it)
             self._update_exclusions()
         return True
 

@@ -165,21 +165,21 @@ def test_excluded_path_given_resolved_below_a_symlinked_root(harness: Harness, t
     assert monitor.runtime_status()["excluded"] == [str(link / "cdn")]
 
 
-def test_excluded_path_turned_into_a_symlink_into_the_tree_is_excluded(inotify: Harness, tree: Path,
+def test_excluded_path_turned_into_a_symlink_into_the_tree_is_excluded(harness: Harness, tree: Path,
                                                                         tmp_path: Path) -> None:
     """A destination re-pointed into a tree while the daemon runs (check-config saw it outside)."""
     dest = tmp_path / "dest"
     dest.mkdir()
     (tree / "cdn").mkdir()
     got = Collector()
-    monitor = inotify.start(tree, got, excluded=[str(dest)], recheck_interval=RECHECK)
+    monitor = harness.start(tree, got, excluded=[str(dest)], recheck_interval=RECHECK)
     dest.rmdir()
     dest.symlink_to(tree / "cdn")
     wait_for(lambda: monitor.runtime_status()["excluded"] == [str(tree / "cdn")], what="the new exclusion")
     write(dest / "published.txt")
     marker = write(tree / "marker")
     got.wait_paths({marker: PRESENT})
-    inotify.settle(monitor)
+    harness.settle(monitor)
     assert set(final(got.events)) == {marker}
 
 
