@@ -582,12 +582,23 @@ def resolve_transporter(name: str) -> type[Transporter]:
 
 
 def _class_from_module(module: object, name: str) -> type[Transporter]:
+    """The class a transporter module names in TRANSPORTER_CLASS; the error names the module, its
+    file and what is wrong (the original said "Transporter class could not be found": issue #162)."""
     class_name = getattr(module, "TRANSPORTER_CLASS", None)
     cls = getattr(module, class_name, None) if isinstance(class_name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, Transporter)):
+        module_name = getattr(module, "__name__", name)
+        where = f" ({module.__file__})" if isinstance(getattr(module, "__file__", None), str) else ""  # type: ignore[attr-defined]
+        if class_name is None:
+            problem = "defines no TRANSPORTER_CLASS"
+        elif cls is None:
+            problem = f"has TRANSPORTER_CLASS = {class_name!r}, but no such class"
+        else:
+            problem = f"has TRANSPORTER_CLASS = {class_name!r}, which is not a subclass of Transporter"
         raise TransporterNotFound(
-            f"module for transporter {name!r} does not define TRANSPORTER_CLASS naming a "
-            "subclass of fileconveyor.transporters.base.Transporter")
+            f"module {module_name!r}{where} for transporter {name!r} {problem}; add "
+            "TRANSPORTER_CLASS = \"MyTransporter\" to it, naming a subclass of "
+            "fileconveyor.transporters.base.Transporter, or give the dotted name package.module.Class")
     return cls
 
 

@@ -1,0 +1,145 @@
+"""Proof for fixes of the original's issues that had none (issue 11, "Fixed, but nothing proves it").
+
+Each test names the original issue it proves (docs/original-issues.md lists them all) and fails on a
+version that has the old behaviour. The daemon tests can run another copy of the package
+(FC_TEST_CODE_DIR, as tests/torture does with --commit), which is how they were checked against
+deliberately broken versions.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import sys
+
+import pytest
+
+from fileconveyor.config import check_config
+from fileconveyor.transporters.base import TransporterNotFound, resolve_transporter
+from tests.e2e.harness import REPO, Daemon, Setup, counts, query, synced_inputs, wait_for, write_config
+
+CODE_DIR = os.environ.get("FC_TEST_CODE_DIR", REPO)
+COPY = "tests.e2e.processors.Copy"
+
+
+def _daemon(setup: Setup) -> Daemon:
+    return Daemon(setup, code_dir=CODE_DIR)
+
+
+def _write(path: str, data: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(data)
+
+
+def _working_dir_entries(setup: Setup) -> list[str]:
+    work = os.path.join(setup.state, "work")
+    return sorted(os.listdir(work)) if os.path.isdir(work) else []
+
+
+def _all_queues_empty(setup: Setup) -> bool:
+    rows = query(setup.db("persistent_data.db"), "SELECT COUNT(*) FROM files_to_delete_list")
+    return all(n == 0 for n in counts(setup).values()) and bool(rows) and rows[0][0] == 0
+
+
+# --- #162: a third-party transporter module without TRANSPORTER_CLASS -------------------------------
+
+@pytest.mark.parametrize("source, problem", [
+    ("X = 1\n", "defines no TRANSPORTER_CLASS"),
+    ("TRANSPORTER_CLASS = 'Mine'\n", "has TRANSPORTER_CLASS = 'Mine', but no such class"),
+    ("TRANSPORTER_CLASS = 'Mine'\nclass Mine:\n    pass\n", "which is not a subclass of Transporter"),
+])
+def test_162_a_transporter_module_without_its_class_is_named(tmp_path: pathlib.Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              source: str, problem: str) -> None:
+    module = tmp_path / "acme_cdn.py"
+    module.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "acme_cdn", raising=False)
+    with pytest.raises(TransporterNotFound) as raised:
+        resolve_transporter("acme_cdn")
+    message = str(raised.value)
+    assert "'acme_cdn'" in message and str(module) in message and problem in message
+    assert "could not be found" not in message  # the original's misleading words
+    # check-config says it on the line of the <server>, without a traceback.
+    scan = tmp_path / "site"
+    scan.mkdir()
+    config = tmp_path / "config.xml"
+    config.write_text(f'<config><sources><source name="s" scanPath="{scan}"/></sources>\n'
+                      '<servers>\n<server name="cdn" transporter="acme_cdn"/>\n</servers>'
+                      '<rules><rule for="s"><destinations><destination server="cdn"/></destinations></rule>'
+                      '</rules></config>')
+    monkeypatch.delitem(sys.modules, "acme_cdn", raising=False)
+    errors = [p for p in check_config(str(config)) if p.severity == "error"]
+    assert any(p.line == 3 and problem in p.message and "acme_cdn" in p.message for p in errors), errors
+
+
+# --- #30: WORKING_DIR holds nothing after a burst, after failures, after kill -9 --------------------
+
+def test_30_working_dir_is_empty_after_a_burst_and_after_failures(tmp_path: pathlib.Path) -> None:
+    setup = write_config(tmp_path, processors=(COPY, "tests.e2e.failing_processors.WriteThenFail"),
+                         settings={"RETRY_INTERVAL": "3600", "RETRY_MAX_INTERVAL": "3600",
+                                   "MAX_SIMULTANEOUS_PROCESSORCHAINS": "4"})
+    good = [f"burst/{i // 20}/file {i}.txt" for i in range(120)]
+    bad = [f"burst/bad{i}.bad" for i in range(6)]
+    with _daemon(setup) as daemon:
+        for name in good + bad:
+            _write(os.path.join(setup.source, name), name * 50)
+
+        def settled() -> bool:
+            c = counts(setup)
+            return (c["pipeline_queue"] == 0 and c["pipeline_list"] == 0 and c["failed_files_list"] == len(bad)
+                    and len(synced_inputs(setup)) == len(good))
+        wait_for(settled, 90, "the burst synced and the bad files failed")
+        wait_for(lambda: _working_dir_entries(setup) == [], 30,
+                 f"WORKING_DIR to be emptied (it holds {_working_dir_entries(setup)[:5]})")
+        assert daemon.terminate() == 0
+    assert _working_dir_entries(setup) == []
+
+
+def test_30_working_dir_is_emptied_after_kill_9(tmp_path: pathlib.Path) -> None:
+    setup = write_config(tmp_path, processors=(COPY, "tests.e2e.processors.Gate"))
+    names = [f"n{i}.txt" for i in range(20)] + ["held.held"]
+    for name in names:
+        _write(os.path.join(setup.source, name), name)
+    daemon = _daemon(setup).start()
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(setup.root, "entered-held.held")), 60,
+                 "a processor run to be under way")
+        left = _working_dir_entries(setup)
+        assert left, "the run held by the gate has a working directory (else this test proves nothing)"
+        daemon.kill()
+    finally:
+        daemon.kill()
+    assert _working_dir_entries(setup) == left  # what a crash leaves behind
+    pathlib.Path(setup.root, "open-gate").touch()
+    with _daemon(setup) as restarted:
+        wait_for(lambda: _all_queues_empty(setup) and len(synced_inputs(setup)) == len(names), 60,
+                 "everything synced after the restart")
+        wait_for(lambda: _working_dir_entries(setup) == [], 30,
+                 f"WORKING_DIR to be emptied (it holds {_working_dir_entries(setup)[:5]})")
+        assert restarted.terminate() == 0
+
+
+# --- the original's pipeline leak after a self-deletion (§4.3 `break`, fileDeletionDelayAfterSync) ---
+
+def test_pipeline_is_empty_after_a_self_deletion_was_processed(tmp_path: pathlib.Path) -> None:
+    setup = write_config(tmp_path, processors=(COPY,), deletion_delay="0.2")
+    names = [f"upload{i}.txt" for i in range(10)]
+    with _daemon(setup) as daemon:
+        for name in names:
+            _write(os.path.join(setup.source, name), name)
+
+        def deletions_processed() -> int:
+            with open(setup.log_file, encoding="utf-8", errors="replace") as log:
+                return sum("was deleted by File Conveyor after its sync" in line for line in log)
+        # Only once the DELETED event of every self-deletion has been through the pipeline may the
+        # lists be checked: before it they are empty anyway.
+        wait_for(lambda: deletions_processed() >= len(names), 60, "the self-deletions to be processed")
+        wait_for(lambda: _all_queues_empty(setup), 30, f"empty pipeline lists (counts: {counts(setup)})")
+        assert not [n for n in names if os.path.exists(os.path.join(setup.source, n))]
+        published = sorted(n for n in os.listdir(setup.dest) if not n.startswith("."))
+        assert published == sorted(names), "the deletion is not propagated"
+        assert daemon.pid > 0 and daemon.process is not None
+        os.kill(daemon.pid, signal.SIGTERM)
+        assert daemon.process.wait(60) == 0
