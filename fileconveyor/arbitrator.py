@@ -125,7 +125,8 @@ class Arbitrator:
         state_dir = os.path.join(os.path.dirname(os.path.abspath(s.PERSISTENT_DATA_DB)), "transporter_state")
         for server in self.config.servers.values():
             transporter_class = resolve_transporter(server.transporter)
-            context = TransporterContext(server_name=server.name, state_dir=state_dir, source_roots=roots)
+            context = TransporterContext(server_name=server.name, state_dir=state_dir, source_roots=roots,
+                                         allow_unsafe_links=s.SYNC_UNSAFE_SYMLINKS)
             limit = min(server.max_connections or s.MAX_SIMULTANEOUS_TRANSPORTERS, s.MAX_SIMULTANEOUS_TRANSPORTERS)
             self.pools[server.name] = TransporterPool(
                 server.name, functools.partial(transporter_class, server.settings, context),

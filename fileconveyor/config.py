@@ -21,7 +21,7 @@ from lxml import etree
 
 from fileconveyor import settings as settings_module
 from fileconveyor.filter import (CONDITIONS, EXCLUDE, EXCLUDE_CONDITIONS, Filter, FilterError,
-                                 in_ignored_dir, is_within, parse_ignored_dirs)
+                                 in_ignored_dir, is_within, may_overlap, parse_ignored_dirs)
 from fileconveyor.processors.base import (ProcessorNotFound, ProcessorUnavailable,
                                           canonical_processor_name, resolve_processor)
 from fileconveyor.settings import SettingError, Settings
@@ -678,24 +678,26 @@ class _Loader:
         return "/".join(parts)
 
     def _warn_overlaps(self, rules: list[Rule]) -> None:
-        """Say what happens to a file that two rules of one source send to one server (a filter
-        may keep them apart; only the user knows, so this is a warning, and it tells the truth)."""
-        first: dict[tuple[str, str], tuple[Rule, str]] = {}
+        """Say what happens to a file that two rules of one source send to one server, when their
+        filters do not keep them apart for certain (only the user knows whether files match both:
+        a warning, and it tells the truth)."""
+        earlier: dict[tuple[str, str], list[tuple[Rule, str]]] = {}
         for rule in rules:
             for destination in rule.destinations:
                 key = (rule.source, destination.server)
-                seen = first.setdefault(key, (rule, destination.path))
-                other, other_path = seen
-                if other is rule:
-                    continue
-                where = (f"under {destination.path or 'its root'!r}" if destination.path == other_path else
-                         f"under {other_path or 'its root'!r} and {destination.path or 'its root'!r}")
-                self.warning(destination.line,
-                             f"rules {other.label!r} (line {other.line}) and {rule.label!r} of source "
-                             f"{rule.source!r} both send to server {destination.server!r} {where}. A file "
-                             "matching both is uploaded once per distinct remote name and every copy is kept, "
-                             f"verified and deleted with the file; synced_files.db (one URL per file and server) "
-                             f"records the copy of {other.label!r}, the first of them in this file")
+                for other, other_path in earlier.get(key, []):
+                    if other is rule or not may_overlap(other.filter, rule.filter):
+                        continue
+                    where = (f"under {destination.path or 'its root'!r}" if destination.path == other_path else
+                             f"under {other_path or 'its root'!r} and {destination.path or 'its root'!r}")
+                    self.warning(destination.line,
+                                 f"rules {other.label!r} (line {other.line}) and {rule.label!r} of source "
+                                 f"{rule.source!r} both send to server {destination.server!r} {where}. A file "
+                                 "matching both is uploaded once per distinct remote name and every copy is kept, "
+                                 "verified and deleted with the file; synced_files.db (one URL per file and server) "
+                                 f"records the copy of {other.label!r}, the first of them in this file")
+                    break
+                earlier.setdefault(key, []).append((rule, destination.path))
 
     def load_settings(self, root: etree._Element) -> Settings | None:
         container = root.find("settings")

@@ -292,3 +292,22 @@ def parse_ignored_dirs(value: str) -> frozenset[str]:
     if not value.strip():
         return frozenset()
     return frozenset(split_list(value, "ignoredDirs", _IGNORED_DIRS_FORBIDDEN, "CVS:.svn:.git"))
+
+
+def may_overlap(a: "Filter | None", b: "Filter | None") -> bool:
+    """Can one file match both filters (None: a rule without a filter matches everything)?
+
+    Decided on what is certain: disjoint extension lists, disjoint `paths` (neither directory
+    inside the other), or size limits that exclude each other keep two filters apart; anything
+    else (patterns, exclusions) may overlap. Used to warn about rules that send one file twice."""
+    if a is None or b is None:
+        return True
+    if a.extensions and b.extensions and not (a.extensions & b.extensions):
+        return False
+    if a.paths and b.paths and not any(is_within(p, q) or is_within(q, p) for p in a.paths for q in b.paths):
+        return False
+    if a.size is not None and b.size is not None:
+        limits = {a.size[0]: a.size[1], b.size[0]: b.size[1]} if a.size[0] != b.size[0] else {}
+        if limits and limits.get("maximum", 0) < limits.get("minimum", 0):
+            return False
+    return True

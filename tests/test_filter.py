@@ -153,3 +153,24 @@ def test_conditions_accept_lists_and_whitespace() -> None:
     assert rule_filter.extensions == frozenset({"css", "js"})
     assert rule_filter.paths == ("/srv/site/misc", "/srv/site/img")
     assert rule_filter.matches("/srv/site/img/a.js")
+
+
+@pytest.mark.parametrize("a,b,overlap", [
+    (None, {"extensions": "css"}, True),
+    ({"extensions": "css:js"}, {"extensions": "png:JS"}, True),
+    ({"extensions": "css"}, {"extensions": "png"}, False),
+    ({"paths": "a"}, {"paths": "a/b"}, True),
+    ({"paths": "a"}, {"paths": "b:c"}, False),
+    ({"size": {"conditionType": "maximum", "threshold": "100"}},
+     {"size": {"conditionType": "minimum", "threshold": "1000"}}, False),
+    ({"size": {"conditionType": "minimum", "threshold": "100"}},
+     {"size": {"conditionType": "maximum", "threshold": "1000"}}, True),
+    ({"pattern": r".*\.css$"}, {"pattern": r".*\.png$"}, True),  # patterns are not compared: may overlap
+])
+def test_may_overlap_is_false_only_when_certain(a, b, overlap):
+    """check-config warns about rules sending one file twice to a server only when their filters
+    may both match a file (it warned about every pair, or only about equal paths)."""
+    from fileconveyor.filter import Filter, may_overlap
+    make = (lambda conditions: None if conditions is None else Filter(conditions, "/srv/site"))
+    assert may_overlap(make(a), make(b)) is overlap
+    assert may_overlap(make(b), make(a)) is overlap
