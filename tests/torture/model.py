@@ -16,8 +16,8 @@ The rules mirror the config that `world.py` writes (one place: `RULES`):
 
 Symlinks are published only when they resolve to a file inside their own source tree (issue 7,
 item 17: rsync's "safe links"); FIFOs and dangling links never. Where two rules send one file to
-one server, synced_files holds one row whose URL must be one of the rules' URLs and serve that
-rule's bytes (issue 7, item 1 leaves the choice to the implementation, documented).
+one server, synced_files holds one row, with the first rule's URL (README, "Behaviour" 10: every
+rule's copy is kept, the recorded URL is the first rule's).
 """
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ class Expectation:
 
     #: server -> remote path -> bytes
     files: dict[str, dict[str, bytes]]
-    #: (input_file, server) -> {acceptable URL: the bytes it must serve}
+    #: (input_file, server) -> {URL of each matching rule, first rule first: the bytes it serves}
     rows: dict[tuple[str, str], dict[str, bytes]]
     #: Things the model cannot decide (a stylesheet whose image has no row on that server).
     problems: list[str]

@@ -82,11 +82,14 @@ class Runner:
     def __init__(self, servers: Servers, seed: int, faults: tuple[str, ...] = FAULTS,
                  operations: tuple[int, int] = (10, 40), settle_timeout: float = 60.0,
                  out: TextIO = sys.stdout, on_violation: Callable[[Violation], None] | None = None,
-                 without: tuple[str, ...] = ()) -> None:
+                 without: tuple[str, ...] = (), fault_plan: tuple[str | None, ...] | None = None
+                 ) -> None:
         self.servers = servers
         self.seed = seed
         self.faults = tuple(f for f in faults if self._fault_possible(f, out))
         self.operations = operations
+        #: Faults by round, cycled (a bounded run covers every kind); None: drawn at random.
+        self.fault_plan = tuple(f for f in fault_plan if f is None or f in self.faults) if fault_plan else None
         #: Operation kinds to leave out (to look past a known defect); the invariants stay whole.
         self.kinds = tuple(k for k in Operations.WEIGHTS if k not in without)
         self.settle_timeout = settle_timeout
@@ -177,6 +180,8 @@ class Runner:
         ops.rng = rng
         count = rng.randint(*self.operations)
         fault = rng.choice(self.faults + (None,)) if self.faults else None
+        if self.fault_plan:
+            fault = self.fault_plan[(index - 1) % len(self.fault_plan)]
         fault_at = rng.randrange(count)
         restarts_before = world.self_restarts()
         end_fault: Callable[[], None] | None = None
@@ -209,7 +214,8 @@ class Runner:
                  f"{'VIOLATION' if problems else 'ok'} (settled in {seconds:.1f} s{seen})")
         if not problems:
             return None
-        replay = " ".join([f"--seed {self.seed} --rounds {index}", f"--faults {','.join(self.faults)}"]
+        plan = ([f"--fault-plan {','.join(f or 'none' for f in self.fault_plan)}"] if self.fault_plan else [])
+        replay = " ".join([f"--seed {self.seed} --rounds {index}", f"--faults {','.join(self.faults)}"] + plan
                           + ([f"--without {','.join(k for k in Operations.WEIGHTS if k not in self.kinds)}"]
                              if len(self.kinds) < len(Operations.WEIGHTS) else []))
         violation = Violation(self.seed, index, world.index, fault, log, problems, world.state, replay)
@@ -272,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default=",".join(FAULTS),
                         help=f"comma-separated subset of {','.join(FAULTS)} ('' for none)")
     parser.add_argument("--operations", default="10-40", help="operations per round, MIN-MAX")
+    parser.add_argument("--fault-plan", default=None, metavar="LIST",
+                        help="faults by round, cycled (e.g. none,kill9,disk_full); default: drawn at random")
     parser.add_argument("--settle-timeout", type=float, default=60.0,
                         help="seconds a round may take to become consistent")
     parser.add_argument("--without", default="", metavar="OPS",
@@ -293,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(faults) - set(FAULTS)
     if unknown:
         parser.error(f"unknown fault(s) {sorted(unknown)}; choose from {','.join(FAULTS)}")
+    plan: tuple[str | None, ...] | None = None
+    if args.fault_plan:
+        plan = tuple(None if f == "none" else f for f in args.fault_plan.split(","))
+        if set(plan) - set(FAULTS) - {None}:
+            parser.error(f"--fault-plan: unknown fault(s) {sorted(set(plan) - set(FAULTS) - {None})}")
     without = tuple(k for k in args.without.split(",") if k)
     if set(without) - set(Operations.WEIGHTS):
         parser.error(f"unknown operation kind(s) {sorted(set(without) - set(Operations.WEIGHTS))}")
@@ -327,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                     handle.write(violation.report() + "\n\n")
 
         summary = Runner(servers, seed, faults, (low, high), args.settle_timeout,
-                         on_violation=record, without=without).run(args.rounds, stop_on_violation=args.stop_on_violation)
+                         on_violation=record, without=without, fault_plan=plan).run(args.rounds, stop_on_violation=args.stop_on_violation)
     except KeyboardInterrupt:
         print("torture: interrupted", file=sys.stderr)
         return 130
