@@ -41,9 +41,9 @@ from fileconveyor import fingerprint, routing
 from fileconveyor.config import Destination, Rule
 from fileconveyor.fsmonitor import Event
 from fileconveyor.fingerprint import Fingerprint
-from fileconveyor.localfile import NotRegularFileError
+from fileconveyor.localfile import NotRegularFileError, UnsafeLinkError
 from fileconveyor.pipeline.queue import PAUSED, Item, SourceIdentity, retry_delay
-from fileconveyor.pipeline.synced_files import copies_of, forget_copies, forget_file
+from fileconveyor.pipeline.synced_files import copies_of, forget_copies, forget_file, recorded_content
 from fileconveyor.pipeline.workers import TransportTask
 from fileconveyor.processors.base import ProcessorChain, ProcessorContext, ProcessorError, WaitForFiles
 from fileconveyor.transporters.base import SourceVanishedError, TransporterError
@@ -258,7 +258,7 @@ class Trip:
                 self._settle(unit, Failure("waiting", f"{rule.key}: {wait}"))
                 return
             except (ProcessorError, OSError) as error:
-                if isinstance(error, NotRegularFileError) or (isinstance(error, OSError) and self._source_vanished()):
+                if isinstance(error, (NotRegularFileError, UnsafeLinkError)) or (isinstance(error, OSError) and self._source_vanished()):
                     # Not the file's servers' problem: the change that did it has its own event.
                     log.info("Not processing %s for rule %r: %s", self.path, rule.key, error)
                     self._settle(unit)
@@ -291,6 +291,15 @@ class Trip:
             key = done_key(rule, server, remote)
             primary = self._primary_rule.get(server) == rule.key
             self._want(server, remote)
+            recorded = recorded_content(self.conveyor.synced, self.path, server, remote)
+            if content is not None and recorded is not None and recorded[:2] == content \
+                    and (recorded[2] or not primary):
+                # Recorded as there with this very content (an object `reconcile` adopted, or an event
+                # for a file that did not change): not sent again. verify/reconcile forget the content
+                # of copies they find missing or different, so those are sent.
+                log.info("Not sending %s to %s:%s again: recorded there with the same size and MD5",
+                         self.path, server, remote)
+                continue
             with self._lock:
                 planned = self._planned.get((server, remote))
                 if planned is not None and planned.url is None:
