@@ -2,9 +2,9 @@
 
 Two fixed seeds (FC_TORTURE_SEED replays another; FC_TORTURE_CODE=DIR runs the daemon from another
 copy of the package), up to twelve rounds each, cycling through every fault kind (in a fixed order
-per seed, at a random instant), within a time budget of about two minutes on a 2-core machine; it stops at the
-first violation and fails with its report (seed, round, operations, differences). The long soak
-is scripts/torture.sh --rounds N --seed S.
+per seed, at a random instant), within a time budget of about two minutes on a 2-core machine.
+Each stops at its first violation and fails with its report (seed, round, operations,
+differences). The long soak is scripts/torture.sh --rounds N --seed S.
 """
 from __future__ import annotations
 
