@@ -173,7 +173,8 @@ class TreeMonitor(Monitor):
         for tree in self.trees:
             if tree == root:
                 return None
-            if is_below(root, tree) or is_below(tree, root):
+            outer, inner = (tree, root) if is_below(root, tree) else (root, tree)
+            if is_below(inner, outer) and not self.ignored_dirs & set(os.path.relpath(inner, outer).split("/")):
                 log.warning("Watched trees %s and %s overlap; files in both are reported twice", tree, root)
         return root
 
