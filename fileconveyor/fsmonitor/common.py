@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 _SeqOp = tuple[Key, "Entry | None", int]
 
 
+UNMOUNTED = ("was unmounted; its mount point is not scanned (that would read as every file deleted) "
+             "until it is mounted again (restart File Conveyor if it is no longer meant to be a mount point)")
+
+
 @dataclasses.dataclass(frozen=True)
 class RootState:
     """What a watched root was when it was last watched: a change means it was replaced."""
@@ -210,9 +214,7 @@ class TreeMonitor(Monitor):
         now = RootState(resolved, st.st_dev, st.st_ino, os.path.ismount(resolved))
         before = self._root_states.get(tree)
         if before is not None and before.is_mount and not now.is_mount:
-            return ("was unmounted; its mount point is not scanned (that would read as every file "
-                    "deleted) until it is mounted again (restart File Conveyor if it is no longer "
-                    "meant to be a mount point)"), None
+            return UNMOUNTED, None
         if self.is_excluded(tree):
             return "is excluded: File Conveyor writes there itself (a destination or its state)", None
         return None, now
@@ -236,7 +238,7 @@ class TreeMonitor(Monitor):
         return True
 
     def _note_unwatched(self, path: str, reason: str) -> None:
-        """Record that `path` is not watched (WARNING once per reason, not once per retry)."""
+        """Record that `path` is not watched; logged once per reason, not once per retry."""
         self._noted.add(path)
         with self._lock:
             old = self._unwatched.get(path)

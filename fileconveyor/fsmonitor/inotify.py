@@ -60,7 +60,7 @@ from typing import Any, Iterable
 import pyinotify
 
 from fileconveyor.fsmonitor.base import Event, FSEvent
-from fileconveyor.fsmonitor.common import TreeMonitor
+from fileconveyor.fsmonitor.common import UNMOUNTED, TreeMonitor
 from fileconveyor.fsmonitor.pathscanner import DIR_ENTRY, Entry, is_below, split_key
 
 log = logging.getLogger(__name__)
@@ -319,10 +319,14 @@ class InotifyMonitor(TreeMonitor):
 
     def _root_event(self, tree: str, mask: int) -> None:
         """A root was deleted, moved or unmounted: drop its watches; scan it if it is back."""
-        what = ("was unmounted" if mask & pyinotify.IN_UNMOUNT else
-                "was deleted" if mask & pyinotify.IN_DELETE_SELF else "was moved away")
-        self._root_gone(tree, f"{what}; it is watched again once it is back")
+        if mask & pyinotify.IN_UNMOUNT:
+            # Never scanned from here: the unmount may still be under way, and an empty mount
+            # point must not be compared with the index. The recheck decides.
+            self._root_gone(tree, UNMOUNTED)
+            return
         problem, _ = self._root_problem(tree)
+        what = "was deleted" if mask & pyinotify.IN_DELETE_SELF else "was moved away"
+        self._root_gone(tree, problem or f"{what} and replaced at once; it is watched again")
         if problem is None:
             self._scan_tree(tree)
 

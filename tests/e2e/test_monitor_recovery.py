@@ -43,7 +43,7 @@ def test_deleted_source_root_is_shown_by_status_and_watched_again(tmp_path) -> N
         wait_for(lambda: setup.source in unwatched(setup.config), what="status listing the missing tree")
         human = command(setup.config, "status")
         assert human.returncode == 1, human.stdout + human.stderr  # a tree not watched is a problem
-        assert f"PROBLEM: source tree {setup.source} is not watched: was deleted" in human.stdout, human.stdout
+        assert f"PROBLEM: source tree {setup.source} is not watched: does not exist" in human.stdout, human.stdout
         checked = command(setup.config, "verify")
         assert checked.returncode != 2 and "Traceback" not in checked.stdout + checked.stderr, checked.stderr
         os.makedirs(os.path.join(setup.source, "img"))
