@@ -38,9 +38,12 @@ from fileconveyor.localfile import kind_of, unsafe_link_reason
 from fileconveyor.settings import Settings
 from fileconveyor.fsmonitor import Event, FSEvent, Monitor
 from fileconveyor.fsmonitor import get_monitor
+from fileconveyor.httpd import StatusEndpoint
+from fileconveyor.metrics import Metrics
 from fileconveyor.pipeline.db import degraded
 from fileconveyor.pipeline.queue import PAUSED, Item, PersistentPipeline, SourceIdentity
 from fileconveyor.pipeline.synced_files import SyncedFiles, Upload, clear_requeues, pending_requeues, record_uploads
+from fileconveyor.pipeline.synced_files import due_old_versions, old_versions_summary, postpone_old_versions
 from fileconveyor.pipeline.workers import TransportTask, TransporterPool
 from fileconveyor.processors.base import ProcessorChain, resolve_processor
 from fileconveyor import routing
@@ -100,6 +103,8 @@ class Arbitrator:
         self._status_writer: threading.Thread | None = None
         self._status_error: int | None = None
         self._processors: concurrent.futures.ThreadPoolExecutor | None = None
+        self.metrics = Metrics(self)
+        self._endpoint: StatusEndpoint | None = None
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -130,7 +135,8 @@ class Arbitrator:
             limit = min(server.max_connections or s.MAX_SIMULTANEOUS_TRANSPORTERS, s.MAX_SIMULTANEOUS_TRANSPORTERS)
             self.pools[server.name] = TransporterPool(
                 server.name, functools.partial(transporter_class, server.settings, context),
-                limit, slots, self._crash, on_state_change=self._server_state_changed)
+                limit, slots, self._crash, on_state_change=self._server_state_changed,
+                on_timed=self.metrics.transfer_timed)
             self.pools[server.name].sweep_leftovers()
         self._processors = concurrent.futures.ThreadPoolExecutor(
             max_workers=s.MAX_SIMULTANEOUS_PROCESSORCHAINS, thread_name_prefix="processor")
@@ -159,6 +165,9 @@ class Arbitrator:
         self._status_writer = threading.Thread(target=self._guarded, args=(self._status_loop,),
                                                name="status", daemon=True)
         self._status_writer.start()
+        if s.HTTP_ADDRESS:
+            self._endpoint = StatusEndpoint(self)
+            self._endpoint.start()
         log.info("File Conveyor is up: %d source(s), %d server(s), %d rule(s); monitor: %s",
                  len(self.config.sources), len(self.config.servers), len(self.config.rules), self.monitor.name)
 
@@ -169,6 +178,8 @@ class Arbitrator:
         timeout, stay in `pipeline_list` and are resumed at the next start: nothing is lost."""
         timeout = self.settings.SHUTDOWN_TIMEOUT if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        if self._endpoint is not None:
+            self._endpoint.stop()
         if self.monitor is not None:
             try:
                 self.monitor.stop()
@@ -251,6 +262,8 @@ class Arbitrator:
         if monitor is not None:
             status.update(monitor.runtime_status())
         status["databases_degraded"] = [dataclasses.asdict(d) for d in degraded()]
+        counts = self.pipeline.counts()
+        status["progress"] = self.metrics.progress.snapshot(counts["waiting"] + counts["in_flight"])
         blocked = self.pipeline.blocked_counts()
         status["servers"] = {
             name: {"paused": pool.paused_reason, "paused_since": pool.paused_since,
@@ -325,6 +338,10 @@ class Arbitrator:
         self._servers_changed.set()
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look at the queue now: another process (verify --requeue, reconcile) queued rows."""
+        self._wake.set()
+
     # --- dispatcher -----------------------------------------------------------------------------
 
     def _wait_for_startup_scan(self) -> None:
@@ -337,6 +354,7 @@ class Arbitrator:
                 return
             self._stopping.wait(0.05)
         log.info("Start-up scan delivered after %.2f s; dispatching", time.monotonic() - started)
+        self.metrics.startup_scan_seconds.set(time.monotonic() - started)
 
     def _dispatch_loop(self) -> None:
         s = self.settings
@@ -353,6 +371,7 @@ class Arbitrator:
                             log.info("%d file(s) that waited for server %r go on", unblocked, name)
             self.pipeline.requeue_due(now)
             self._delete_due_sources(now)
+            self._expire_old_versions(now)
             with self._trips_lock:
                 capacity = s.MAX_FILES_IN_PIPELINE - len(self._trips)
                 busy = set(self._trips)
@@ -375,7 +394,8 @@ class Arbitrator:
     def _sleep_time(self) -> float:
         now = time.time()
         candidates = [30.0]  # also picks up rows queued by other processes (verify --requeue)
-        for due in (self.pipeline.next_retry_time(), self.pipeline.next_deletion_time()):
+        for due in (self.pipeline.next_retry_time(), self.pipeline.next_deletion_time(),
+                    old_versions_summary(self.synced)[1]):
             if due is not None:
                 candidates.append(max(0.05, due - now))
         return min(candidates)
@@ -438,13 +458,43 @@ class Arbitrator:
             self._cleanup.put(trip.work_dirs)
         try:
             trip.finish_records()
-            if not trip.failures:
+            if trip.expiry_only:
+                self._finish_expiry(trip)
+            elif not trip.failures:
                 self._completions.put(trip)
                 return
-            self._fail(trip)
+            else:
+                self._fail(trip)
         except Exception:  # noqa: BLE001 - the path stays in pipeline_list and is resumed at restart
             log.error("Cannot complete the trip of %s; it is resumed at the next start", trip.path, exc_info=True)
         self.trip_ended(trip)
+
+    def _finish_expiry(self, trip: Trip) -> None:
+        """Old versions that could not be deleted now are tried again later (they stay marked)."""
+        failed = [(trip.path, server, remote) for server, remote in trip.expiry_copies
+                  if (server, remote) not in set(trip.deleted)]
+        if failed:
+            retry_at = time.time() + max(self.settings.RETRY_INTERVAL, 1.0)
+            postpone_old_versions(self.synced, failed, retry_at)
+            log.warning("Could not delete %d old version(s) of %s; trying again at %s", len(failed), trip.path,
+                        time.strftime("%H:%M:%S", time.localtime(retry_at)))
+
+    def _expire_old_versions(self, now: float) -> None:
+        """Delete old versions whose grace period is over, one expiry trip per path (never while
+        the path itself is in flight or waiting: its own trip deletes them then)."""
+        due: dict[str, list[tuple[str, str]]] = {}
+        for path, server, remote in due_old_versions(self.synced, now):
+            if server in self.pools:
+                due.setdefault(path, []).append((server, remote))
+        for path, copies in due.items():
+            with self._trips_lock:
+                if path in self._trips:
+                    continue
+            if self.pipeline.has_pending_event(path):
+                continue
+            trip = self._begin(Item(path, Event.MODIFIED))
+            trip.expiry_copies = copies
+            trip.start_expiry(copies)
 
     def _completion_loop(self) -> None:
         """Complete successful trips in batches: whatever finished while the last commit ran."""
@@ -465,6 +515,7 @@ class Arbitrator:
                 batch.append(trip)
             try:
                 self.pipeline.complete_many([trip.path for trip in batch])
+                self.metrics.completed(len(batch))
                 for trip in batch:
                     self._schedule_source_deletion(trip)
             finally:

@@ -28,11 +28,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)-8s [%(threadName)s] %(name)s: %(message)s
 
 # --- logging ---------------------------------------------------------------------------------
 
-class _ReopenableRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Rotates by size, reopens on SIGHUP (logrotate), and creates every log file 0600: the log
-    names every synced file and error, and a file created by a rollover or a reopen after
-    logrotate moved the old one must not be more readable than the first (logging's own open()
-    follows the umask, usually 0644)."""
+class _ReopenableFileHandler(logging.handlers.WatchedFileHandler):
+    """The one log rotation scheme: rotation is external (logrotate, contrib/fileconveyor.logrotate).
+    The handler notices that its file was moved or removed and reopens it by itself (no signal
+    needed, no `copytruncate` losing lines); SIGHUP reopens it too. Every log file is created 0600:
+    the log names every synced file and error, and a file created by a reopen after logrotate moved
+    the old one must not be more readable than the first (logging's own open() follows the umask,
+    usually 0644)."""
 
     def _open(self):  # type: ignore[no-untyped-def]
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -44,31 +46,41 @@ class _ReopenableRotatingFileHandler(logging.handlers.RotatingFileHandler):
             if self.stream is not None:
                 self.stream.close()
             self.stream = self._open()
+            self._statstream()
         finally:
             self.release()
 
 
 def setup_logging(settings: Settings, console: bool = True, verbose: bool = False) -> Callable[[], None]:
-    """Configure the root logger; returns a function that reopens the log file (SIGHUP)."""
+    """Configure the root logger; returns a function that reopens the log file (SIGHUP).
+
+    Under systemd (JOURNAL_STREAM or INVOCATION_ID set) the log goes to stderr, that is to the
+    journal, at FILE_LOGGER_LEVEL, unless config.xml sets LOG_FILE explicitly."""
+    from fileconveyor.systemd import under_systemd
+
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     formatter = logging.Formatter(LOG_FORMAT)
-    file_handler: _ReopenableRotatingFileHandler | None = None
+    file_handler: _ReopenableFileHandler | None = None
     levels = []
-    if settings.LOG_FILE:
+    journal = console and under_systemd() and "LOG_FILE" not in settings.explicit
+    if settings.LOG_FILE and not journal:
         os.makedirs(os.path.dirname(os.path.abspath(settings.LOG_FILE)), exist_ok=True)
-        file_handler = _ReopenableRotatingFileHandler(settings.LOG_FILE, maxBytes=5 * 1024 * 1024, backupCount=5,
-                                                      encoding="utf-8")
+        file_handler = _ReopenableFileHandler(settings.LOG_FILE, encoding="utf-8")
         file_handler.setFormatter(formatter)
         file_handler.setLevel(settings.FILE_LOGGER_LEVEL)
         root.addHandler(file_handler)
         levels.append(settings.FILE_LOGGER_LEVEL)
     if console:
         console_handler = logging.StreamHandler(sys.stderr)
-        console_handler.setFormatter(formatter)
-        level = logging.DEBUG if verbose else settings.CONSOLE_LOGGER_LEVEL
+        # The journal stamps every line with the time itself.
+        console_handler.setFormatter(logging.Formatter("%(levelname)-8s [%(threadName)s] %(name)s: %(message)s")
+                                     if journal else formatter)
+        level = (logging.DEBUG if verbose else
+                 min(settings.FILE_LOGGER_LEVEL, settings.CONSOLE_LOGGER_LEVEL) if journal else
+                 settings.CONSOLE_LOGGER_LEVEL)
         console_handler.setLevel(level)
         root.addHandler(console_handler)
         levels.append(level)
@@ -81,7 +93,7 @@ def setup_logging(settings: Settings, console: bool = True, verbose: bool = Fals
 def _load(args: argparse.Namespace) -> Config:
     # Only the commands that watch the trees need every scanPath to exist: stop, status and
     # verify must work while one is missing (it is a warning for them).
-    return load_config(os.path.abspath(args.config), for_daemon=args.command in ("run", "start"))
+    return load_config(os.path.abspath(args.config), for_daemon=args.command in ("run", "start", "reload"))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -170,6 +182,33 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP to the running daemon. The config is checked here first, so that a mistake is shown
+    to the person who made it (the daemon checks it again, and keeps its old config if it is bad)."""
+    import signal
+
+    from fileconveyor.daemon import signal_daemon
+
+    config = _load(args)  # a bad config: its errors, exit 2, and no signal sent
+    pid = signal_daemon(config.settings.PID_FILE, signal.SIGHUP)
+    if pid is None:
+        print(f"File Conveyor is not running (no live process in {config.settings.PID_FILE}); nothing to reload",
+              file=sys.stderr)
+        return 1
+    print(f"Asked File Conveyor (PID {pid}) to reload {os.path.abspath(args.config)}; its log says when the new "
+          f"config is in effect")
+    return 0
+
+
+def _wake_daemon(config: Config) -> None:
+    """Files were queued by this process: the running daemon (if any) takes them now."""
+    from fileconveyor.daemon import wake_daemon
+
+    pid = wake_daemon(config.settings.PID_FILE)
+    if pid is not None:
+        log.info("Woke the running daemon (PID %d): it starts on the queued files now", pid)
+
+
 def _tell_about_legacy_pid_file(config: Config) -> None:
     from fileconveyor.daemon import legacy_pid_file_note
 
@@ -229,6 +268,9 @@ def status_report(config: Config) -> dict[str, Any]:
             db = state.open_synced_files(s, readonly=True)
             try:
                 synced.update(db.counts_per_server())
+                from fileconveyor.pipeline.synced_files import old_versions_summary
+                count, next_due = old_versions_summary(db)
+                report["old_versions"] = {"count": count, "next_deletion": next_due}
             finally:
                 db.close()
         except DatabaseError as error:
@@ -297,6 +339,11 @@ def cmd_status(args: argparse.Namespace) -> int:
               f" next try in {wait:.0f} s): {failed['reason']}")
     if report["to_delete"]:
         print(f"  source files scheduled for deletion: {report['to_delete']}")
+    old_versions = report.get("old_versions") or {}
+    if old_versions.get("count"):
+        due = max(0.0, (old_versions["next_deletion"] or now) - now)
+        print(f"  old versions kept on servers (keepOldVersionsFor): {old_versions['count']}, "
+              f"the next deleted in {due:.0f} s")
     print("  synced per server:")
     for server, count in sorted(report["synced"].items()):
         print(f"    {server}: {shown(count)}")
@@ -316,7 +363,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except OSError as error:  # a user who may only read the state cannot write the daemon's log
         setup_logging(Settings({**config.settings.as_dict(), "LOG_FILE": ""}), console=True, verbose=args.verbose)
         log.warning("Not logging to %s (%s); messages go to the console only", config.settings.LOG_FILE, error)
-    return verify(config, requeue=args.requeue, out=sys.stdout, deep=args.deep)
+    status = verify(config, requeue=args.requeue, out=sys.stdout, deep=args.deep)
+    if args.requeue and status:
+        _wake_daemon(config)
+    return status
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from fileconveyor.reconcile import ReconcileError, reconcile
+
+    config = _load(args)
+    try:
+        setup_logging(config.settings, console=True, verbose=args.verbose)
+    except OSError as error:
+        setup_logging(Settings({**config.settings.as_dict(), "LOG_FILE": ""}), console=True, verbose=args.verbose)
+        log.warning("Not logging to %s (%s); messages go to the console only", config.settings.LOG_FILE, error)
+    try:
+        status = reconcile(config, servers=args.server or None, dry_run=args.dry_run,
+                           delete_unknown=args.delete_unknown, as_json=args.json, out=sys.stdout)
+        if not args.dry_run:
+            _wake_daemon(config)
+        return status
+    except ReconcileError as error:
+        print(f"fileconveyor reconcile: {error}", file=sys.stderr)
+        return 2
 
 
 def cmd_upgrade(args: argparse.Namespace) -> int:
@@ -360,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kill", action="store_true",
                    help="send SIGKILL if it is still running after the timeout (nothing is lost)")
     p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("reload", parents=[common],
+                       help="check config.xml, then make the running daemon reload it (SIGHUP); a bad "
+                            "config is refused and the daemon keeps the old one (docs/operations.md)")
+    p.set_defaults(func=cmd_reload)
     p = sub.add_parser("status", parents=[common], help="running or not, queue sizes, failures, synced files")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
@@ -368,6 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deep", action="store_true",
                    help="where a listing gives no hash (local, SFTP, FTP), read every copy back to compare it")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("reconcile", parents=[common],
+                       help="compare destinations with the sources and records; queue what is missing or "
+                            "different, adopt identical unrecorded objects (docs/reconcile.md)")
+    p.add_argument("--server", action="append", metavar="NAME", help="only this server (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="report only: queue, record and delete nothing")
+    p.add_argument("--delete-unknown", action="store_true",
+                   help="also delete objects under a destination path that File Conveyor did not put there")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.set_defaults(func=cmd_reconcile)
     p = sub.add_parser("upgrade", parents=[common],
                        help="bring state databases to the current schema (--resync-all, --*-db: see "
                             "python -m fileconveyor.upgrade --help)")

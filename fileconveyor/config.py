@@ -71,6 +71,9 @@ class Server:
     max_connections: int
     settings: Mapping[str, str]
     line: int = 0
+    #: Seconds a superseded or deleted file's old copy stays on the server before it is deleted
+    #: (pages and caches that still use its URL keep working); 0: deleted at once.
+    keep_old_versions_for: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +149,7 @@ _SHAPES: dict[str, _Shape] = {
     "source": _Shape(attributes=("name", "scanPath", "documentRoot", "basePath", "allowSystemDirectories"),
                      required_attributes=("name", "scanPath")),
     "servers": _Shape(children=("server",), repeatable=("server",)),
-    "server": _Shape(attributes=("name", "transporter", "maxConnections"),
+    "server": _Shape(attributes=("name", "transporter", "maxConnections", "keepOldVersionsFor"),
                      required_attributes=("name", "transporter"), children=None),
     "rules": _Shape(children=("rule",), repeatable=("rule",)),
     "rule": _Shape(attributes=("for", "label", "fileDeletionDelayAfterSync"), required_attributes=("for",),
@@ -452,8 +455,22 @@ class _Loader:
                 setting_lines.setdefault(str(child.tag), _line(child))
             canonical = self._check_transporter(element, name, transporter, settings, setting_lines)
             servers[name] = Server(name, canonical, max_connections, types.MappingProxyType(settings),
-                                   _line(element))
+                                   _line(element), self._keep_old_versions_for(element, name))
         return servers
+
+    def _keep_old_versions_for(self, element: etree._Element, name: str) -> float:
+        value = _attr(element, "keepOldVersionsFor")
+        if value is None or value.strip() == "":
+            return 0.0
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not seconds >= 0 or seconds == float("inf"):
+            self.error(element, f"server {name!r}: keepOldVersionsFor {value!r} is not valid; write a number "
+                                "of seconds, 0 or more (for example 86400 for a day; 0 deletes old copies at once)")
+            return 0.0
+        return seconds
 
     def _max_connections(self, element: etree._Element, name: str) -> int:
         value = _attr(element, "maxConnections")

@@ -34,6 +34,7 @@ import logging
 import os
 import stat
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, Callable
 
@@ -43,7 +44,7 @@ from fileconveyor.fsmonitor import Event
 from fileconveyor.fingerprint import Fingerprint
 from fileconveyor.localfile import NotRegularFileError, UnsafeLinkError
 from fileconveyor.pipeline.queue import PAUSED, Item, SourceIdentity, retry_delay
-from fileconveyor.pipeline.synced_files import copies_of, forget_copies, forget_file, recorded_content
+from fileconveyor.pipeline.synced_files import copies_of, forget_copies, forget_file, recorded_content, copies_with_expiry, expire_copies
 from fileconveyor.pipeline.workers import TransportTask
 from fileconveyor.processors.base import ProcessorChain, ProcessorContext, ProcessorError, WaitForFiles
 from fileconveyor.transporters.base import SourceVanishedError, TransporterError
@@ -140,6 +141,11 @@ class Trip:
         self.deleted: list[tuple[str, str]] = []
         #: A deletion trip that propagates the deletion (not one of File Conveyor's own deletions).
         self.propagates_deletion = False
+        #: A trip that only deletes old versions whose grace period is over (no pipeline row).
+        self.expiry_only = False
+        self.expiry_copies: list[tuple[str, str]] = []
+        #: Copies to keep as old versions: (input_file, server, remote_path, delete_after).
+        self._expiring: list[tuple[str, str, str, float]] = []
 
     # --- units ---------------------------------------------------------------------------------
 
@@ -251,7 +257,13 @@ class Trip:
         def run() -> None:
             try:
                 os.makedirs(work_dir, mode=0o700)
-                output = chain.run(context)
+                started = time.monotonic()
+                try:
+                    output = chain.run(context)
+                except BaseException:
+                    conveyor.metrics.processed(rule.key, time.monotonic() - started, "failed")
+                    raise
+                conveyor.metrics.processed(rule.key, time.monotonic() - started)
             except WaitForFiles as wait:
                 for destination in destinations:
                     conveyor.pipeline.set_dependencies(self.path, destination.server, wait.paths)
@@ -322,6 +334,7 @@ class Trip:
             self._settle(planned.unit)
             return
         if error is not None:
+            self.conveyor.metrics.failed(planned.server, error.kind)
             if error.kind != PAUSED:
                 log.warning("Upload of %s to %s failed: %s", self.path, planned.server, error)
             self._settle(planned.unit, Failure(error.kind, f"{planned.server}: {error}", planned.server))
@@ -332,6 +345,8 @@ class Trip:
     def recorded(self, planned: PlannedUpload) -> None:
         """Called by the recorder once the upload's row is durable."""
         log.info("Synced %s to %s: %s", self.path, planned.server, planned.url)
+        self.conveyor.metrics.uploaded(planned.server, planned.content.size if planned.content else None,
+                                       self.item.queued_at)
         with self._lock:
             self.done.update(planned.done_keys)
         self._settle(planned.unit)
@@ -354,8 +369,10 @@ class Trip:
         conveyor.pipeline.forget_dependent(path)
         self.propagates_deletion = True
         targets: dict[str, set[str]] = {}
-        for server, remote in copies_of(conveyor.synced, path):
+        expiry: dict[tuple[str, str], float | None] = {}
+        for server, remote, delete_after in copies_with_expiry(conveyor.synced, path):
             targets.setdefault(server, set()).add(remote)
+            expiry[(server, remote)] = delete_after
         for row in conveyor.synced.for_file(path):
             if row.server in targets:
                 continue
@@ -377,18 +394,52 @@ class Trip:
                             path, server)
                 continue
             for remote in sorted(remotes):
+                self._retire(server, remote, (server, remote) in expiry, expiry.get((server, remote)))
+        self._write_expiries()
+
+    def _retire(self, server: str, remote: str, recorded: bool, delete_after: float | None) -> None:
+        """A copy no rule wants any more: deleted now, or, on a server that keeps old versions
+        (keepOldVersionsFor), marked to be deleted when its grace period ends (a recorded copy
+        only: a leftover nobody was told about goes at once)."""
+        grace = self.conveyor.config.servers[server].keep_old_versions_for
+        now = time.time()
+        if not recorded or grace <= 0 or (delete_after is not None and delete_after <= now):
+            self._delete_remote(server, remote)
+        elif delete_after is None:
+            log.info("Keeping the old copy %r of %s on %s for %.0f s (keepOldVersionsFor)", remote, self.path,
+                     server, grace)
+            self._expiring.append((self.path, server, remote, now + grace))
+
+    def _write_expiries(self) -> None:
+        if self._expiring:
+            expire_copies(self.conveyor.synced, self._expiring)
+            self._expiring = []
+
+    def start_expiry(self, copies: list[tuple[str, str]]) -> None:
+        """A trip that only deletes old versions whose grace period is over ((server, remote))."""
+        self.expiry_only = True
+        unit = self._open_unit("plan expiry")
+
+        def plan() -> None:
+            for server, remote in copies:
+                log.info("Deleting the old copy %r of %s on %s: its grace period is over", remote, self.path, server)
                 self._delete_remote(server, remote)
+            self._settle(unit)
+
+        self._guarded(unit, plan)
 
     def _delete_remote(self, server: str, remote: str) -> None:
         unit = self._open_unit(f"delete {server}:{remote}")
 
         def deleted(_url: str | None, error: TransporterError | None) -> None:
             if error is not None:
+                self.conveyor.metrics.failed(server, error.kind)
                 if error.kind != PAUSED:
                     log.warning("Deletion of %r on %s (for %s) failed: %s", remote, server, self.path, error)
                 self._settle(unit, Failure(error.kind, f"{server}: delete of {remote!r} failed: {error}", server))
                 return
             log.info("Deleted %r on %s (%s)", remote, server, self.path)
+            self.conveyor.metrics.deleted(server)
             with self._lock:
                 self.deleted.append((server, remote))
             self._settle(unit)
@@ -426,7 +477,8 @@ class Trip:
         """Every open unit has settled: start the cleanup phase, or complete."""
         with self._lock:
             phase, failed = self._phase, bool(self.failures)
-        if phase == "transfer" and not failed and self.item.event is not Event.DELETED and self.wanted:
+        if (phase == "transfer" and not failed and self.item.event is not Event.DELETED and self.wanted
+                and not self.expiry_only):
             with self._lock:
                 self._phase = "cleanup"
             unit = self._open_unit("plan cleanup")
@@ -435,9 +487,13 @@ class Trip:
         self._complete()
 
     def _plan_cleanup(self) -> None:
+        expiry = {(server, remote): delete_after
+                  for server, remote, delete_after in copies_with_expiry(self.conveyor.synced, self.path)}
         for server, remote in self._stale_copies():
-            log.info("Deleting the copy %r of %s on %s, which no rule asks for any more", remote, self.path, server)
-            self._delete_remote(server, remote)
+            if (server, remote) not in expiry or expiry[(server, remote)] is None:
+                log.info("The copy %r of %s on %s is no longer wanted", remote, self.path, server)
+            self._retire(server, remote, (server, remote) in expiry, expiry.get((server, remote)))
+        self._write_expiries()
 
     def _complete(self) -> None:
         with self._lock:

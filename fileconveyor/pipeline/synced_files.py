@@ -55,11 +55,13 @@ SCHEMA = (
 #: it with a destination's listing. Added at open by a writer; no schema version change, since
 #: readers that do not know them are not affected.
 COPY_FINGERPRINT_COLUMNS = (("size", "INTEGER"), ("md5", "TEXT"))
+#: When a copy that no rule wants any more is deleted (a server's keepOldVersionsFor); NULL: live.
+COPY_EXPIRY_COLUMNS = (("delete_after", "REAL"),)
 
 
 def _add_fingerprint_columns(conn: sqlite3.Connection) -> None:
     present = {row[1] for row in conn.execute("PRAGMA table_info(synced_copies)")}
-    for name, kind in COPY_FINGERPRINT_COLUMNS:
+    for name, kind in COPY_FINGERPRINT_COLUMNS + COPY_EXPIRY_COLUMNS:
         if name not in present:
             conn.execute(f"ALTER TABLE synced_copies ADD COLUMN {name} {kind}")
 
@@ -186,7 +188,7 @@ def record_uploads(synced: "SyncedFiles", uploads: "list[Upload]") -> None:
         for upload in uploads:
             conn.execute("INSERT INTO synced_copies(input_file, server, remote_path, url, size, md5) "
                          "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(input_file, server, remote_path) DO UPDATE "
-                         "SET url = excluded.url, size = excluded.size, md5 = excluded.md5",
+                         "SET url = excluded.url, size = excluded.size, md5 = excluded.md5, delete_after = NULL",
                          (upload.input_file, upload.server, upload.remote_path, upload.url, upload.size,
                           upload.md5))
             row = conn.execute("SELECT url FROM synced_files WHERE input_file = ? AND server = ?",
@@ -250,6 +252,31 @@ def copies_on_server(synced: "SyncedFiles", server: str) -> list[Copy]:
     return [Copy(*row) for row in rows]
 
 
+def recorded_content(synced: "SyncedFiles", input_file: str, server: str,
+                     remote_path: str) -> "tuple[int, str, bool] | None":
+    """(size, md5, is it the URL recorded in synced_files) of a recorded copy whose content is
+    known and whose file has a row on `server`; None otherwise. A trip does not send content that
+    is recorded as already there (`reconcile` adopts objects this way)."""
+    try:
+        row = synced.db.query(
+            "SELECT c.size, c.md5, c.url = f.url FROM synced_copies c JOIN synced_files f "
+            "ON f.input_file = c.input_file AND f.server = c.server "
+            "WHERE c.input_file = ? AND c.server = ? AND c.remote_path = ?", (input_file, server, remote_path))
+    except (sqlite3.Error, DatabaseError):  # a file without the columns (read-only, never opened by a writer)
+        return None
+    if not row or row[0][0] is None or row[0][1] is None:
+        return None
+    return int(row[0][0]), str(row[0][1]), bool(row[0][2])
+
+
+def forget_contents(synced: "SyncedFiles", files: "Iterable[tuple[str, str]]") -> None:
+    """Forget what the copies of these (input_file, server) hold: found missing or different by
+    `verify` or `reconcile`, they must be sent again even if the file did not change."""
+    with synced.db.transaction() as conn:
+        conn.executemany("UPDATE synced_copies SET size = NULL, md5 = NULL WHERE input_file = ? AND server = ?",
+                         list(files))
+
+
 def forget_copies(synced: "SyncedFiles", copies: "list[tuple[str, str, str]]") -> None:
     """Forget deleted copies: (input_file, server, remote_path)."""
     if copies:
@@ -264,7 +291,9 @@ def forget_file(synced: "SyncedFiles", input_file: str, servers: "list[str]", re
     with synced.db.transaction() as conn:
         for server in servers:
             conn.execute("DELETE FROM synced_files WHERE input_file = ? AND server = ?", (input_file, server))
-            conn.execute("DELETE FROM synced_copies WHERE input_file = ? AND server = ?", (input_file, server))
+            # Old versions kept for their grace period stay known until they are deleted.
+            conn.execute("DELETE FROM synced_copies WHERE input_file = ? AND server = ? AND delete_after IS NULL",
+                         (input_file, server))
         conn.executemany("INSERT OR IGNORE INTO follow_ups(kind, input_file) VALUES ('requeue', ?)",
                          [(d,) for d in requeue if d != input_file])
 
@@ -279,3 +308,46 @@ def clear_requeues(synced: "SyncedFiles", input_files: "list[str]") -> None:
         with synced.db.transaction() as conn:
             conn.executemany("DELETE FROM follow_ups WHERE kind = 'requeue' AND input_file = ?",
                              [(f,) for f in input_files])
+
+
+# --- old versions kept for a grace period (a server's keepOldVersionsFor) ---------------------------
+
+def copies_with_expiry(synced: "SyncedFiles", input_file: str) -> "list[tuple[str, str, float | None]]":
+    """(server, remote_path, delete_after) of every recorded copy of `input_file`."""
+    rows = synced.db.query("SELECT server, remote_path, delete_after FROM synced_copies WHERE input_file = ?",
+                           (input_file,))
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def expire_copies(synced: "SyncedFiles", copies: "list[tuple[str, str, str, float]]") -> None:
+    """Mark (input_file, server, remote_path, delete_after) copies as old versions to delete at
+    `delete_after`; a copy already marked keeps its earlier time."""
+    if copies:
+        with synced.db.transaction() as conn:
+            conn.executemany("UPDATE synced_copies SET delete_after = ? WHERE input_file = ? AND server = ? "
+                             "AND remote_path = ? AND delete_after IS NULL",
+                             [(when, path, server, remote) for path, server, remote, when in copies])
+
+
+def due_old_versions(synced: "SyncedFiles", now: float, limit: int = 500) -> "list[tuple[str, str, str]]":
+    """(input_file, server, remote_path) of old versions whose grace period is over."""
+    rows = synced.db.query("SELECT input_file, server, remote_path FROM synced_copies WHERE delete_after <= ? "
+                           "ORDER BY delete_after LIMIT ?", (now, limit))
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def postpone_old_versions(synced: "SyncedFiles", copies: "list[tuple[str, str, str]]", until: float) -> None:
+    if copies:
+        with synced.db.transaction() as conn:
+            conn.executemany("UPDATE synced_copies SET delete_after = ? WHERE input_file = ? AND server = ? "
+                             "AND remote_path = ? AND delete_after IS NOT NULL",
+                             [(until, path, server, remote) for path, server, remote in copies])
+
+
+def old_versions_summary(synced: "SyncedFiles") -> "tuple[int, float | None]":
+    """(how many old versions wait for their grace period to end, the next end)."""
+    try:
+        rows = synced.db.query("SELECT COUNT(*), MIN(delete_after) FROM synced_copies WHERE delete_after IS NOT NULL")
+    except (sqlite3.Error, DatabaseError):  # a read-only open of a file from before the column
+        return 0, None
+    return (rows[0][0], rows[0][1]) if rows else (0, None)
