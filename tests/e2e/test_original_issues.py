@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import sqlite3
 import sys
+import time
 
 import pytest
 
@@ -136,10 +138,35 @@ def test_pipeline_is_empty_after_a_self_deletion_was_processed(tmp_path: pathlib
         # Only once the DELETED event of every self-deletion has been through the pipeline may the
         # lists be checked: before it they are empty anyway.
         wait_for(lambda: deletions_processed() >= len(names), 60, "the self-deletions to be processed")
-        wait_for(lambda: _all_queues_empty(setup), 30, f"empty pipeline lists (counts: {counts(setup)})")
+        wait_for(lambda: _all_queues_empty(setup), 30, "empty pipeline lists")
         assert not [n for n in names if os.path.exists(os.path.join(setup.source, n))]
         published = sorted(n for n in os.listdir(setup.dest) if not n.startswith("."))
         assert published == sorted(names), "the deletion is not propagated"
         assert daemon.pid > 0 and daemon.process is not None
         os.kill(daemon.pid, signal.SIGTERM)
         assert daemon.process.wait(60) == 0
+
+
+# --- #129: CREATED for a file already synced, with a per-server processor, must not stall ---------
+
+def test_129_created_events_for_synced_files_with_a_per_server_chain_do_not_stall(tmp_path: pathlib.Path) -> None:
+    setup = write_config(tmp_path, processors=("link_updater.CSSURLUpdater",),
+                         settings={"MAX_FILES_IN_PIPELINE": "2"})
+    names = [f"css/s{i}.css" for i in range(12)]
+    for name in names:
+        _write(os.path.join(setup.source, name), "body { color: red }")
+    expected = {os.path.join(setup.source, name) for name in names}
+    with _daemon(setup) as daemon:
+        wait_for(lambda: synced_inputs(setup) == expected and _all_queues_empty(setup), 60, "the first sync")
+        assert daemon.terminate() == 0
+    # What the original met after a restart without its index: CREATED for files already synced.
+    db = sqlite3.connect(setup.db("persistent_data.db"))
+    with db:
+        db.executemany("INSERT INTO pipeline_queue(input_file, event, queued_at) VALUES (?, 1, ?)",
+                       [(path, time.time()) for path in sorted(expected)])
+    db.close()
+    with _daemon(setup) as daemon:
+        wait_for(lambda: _all_queues_empty(setup), 60,
+                 "every CREATED event to go through a pipeline of 2 paths")
+        assert synced_inputs(setup) == expected
+        assert daemon.terminate() == 0
