@@ -16,6 +16,8 @@ setup(
         "pyinotify>=0.9.6; sys_platform == 'linux'",
         "pyasyncore>=1.0; sys_platform == 'linux' and python_version >= '3.12'",
         "macfsevents>=0.8; sys_platform == 'darwin'",
+        # The metrics are always counted (pure Python, no dependencies); HTTP_ADDRESS serves them.
+        "prometheus_client>=0.17",
     ],
     extras_require={
         "s3": ["boto3>=1.28"],

@@ -77,6 +77,18 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _address(text: str) -> str:
+    """host:port ([v6]:port); empty: no HTTP endpoint."""
+    value = text.strip()
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 \
+            or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+        raise ValueError("write host:port, e.g. 127.0.0.1:9380 or [::1]:9380 (empty: no endpoint)")
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class SettingSpec:
     name: str
@@ -147,6 +159,16 @@ SPECS: tuple[SettingSpec, ...] = (
                 doc="seconds that in-flight work may take to finish on SIGTERM"),
     SettingSpec("VERIFY_TIMEOUT", 30.0, _non_negative_float,
                 doc="seconds per check in `fileconveyor verify`"),
+    SettingSpec("HTTP_ADDRESS", "", _address,
+                doc="host:port of the HTTP endpoint (/metrics, /status, /healthz and a status page; "
+                    "docs/operations.md); empty: none. A non-loopback address needs HTTP_TOKEN or "
+                    "HTTP_TOKEN_FILE"),
+    SettingSpec("HTTP_TOKEN", "", _text,
+                doc="bearer token the endpoint requires on every request (Authorization: Bearer ...)"),
+    SettingSpec("HTTP_TOKEN_FILE", "", _text, is_path=True,
+                doc="file holding that token (first line), kept out of config.xml"),
+    SettingSpec("HTTP_HEALTH_PAUSED_MAX", 300.0, _non_negative_float,
+                doc="/healthz answers 503 once a server has been paused this many seconds"),
 )
 
 SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}

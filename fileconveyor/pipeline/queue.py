@@ -152,6 +152,8 @@ class Item:
     event: Event
     attempts: int = 0
     done: frozenset[str] = frozenset()
+    #: When the event was queued (claim() sets it): the start of the change-to-destination latency.
+    queued_at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,16 +236,16 @@ class PersistentPipeline:
         now = time.time()
         with self.db.transaction() as conn:
             rows = conn.execute(
-                "SELECT q.id, q.input_file, q.event, q.attempts, q.done FROM pipeline_queue q "
+                "SELECT q.id, q.input_file, q.event, q.attempts, q.done, q.queued_at FROM pipeline_queue q "
                 "WHERE q.blocked_on IS NULL "
                 "AND NOT EXISTS (SELECT 1 FROM pipeline_list l WHERE l.input_file = q.input_file) "
                 "ORDER BY q.id LIMIT ?", (limit + len(busy),)).fetchall()
             rows = [r for r in rows if r[1] not in busy][:limit]
-            for row_id, input_file, event, attempts, done in rows:
+            for row_id, input_file, event, attempts, done, _queued_at in rows:
                 conn.execute("DELETE FROM pipeline_queue WHERE id = ?", (row_id,))
                 conn.execute("INSERT INTO pipeline_list(input_file, event, attempts, done, started_at) "
                              "VALUES (?, ?, ?, ?, ?)", (input_file, event, attempts, done, now))
-        return [Item(r[1], Event(r[2]), r[3], _done(r[4])) for r in rows]
+        return [Item(r[1], Event(r[2]), r[3], _done(r[4]), r[5]) for r in rows]
 
     def complete(self, input_file: str) -> None:
         self.complete_many([input_file])

@@ -60,8 +60,11 @@ class TransportTask:
 class TransporterPool:
     def __init__(self, server: str, factory: Callable[[], Transporter], max_connections: int,
                  global_slots: threading.BoundedSemaphore, on_crash: Callable[[BaseException], None],
-                 on_state_change: Callable[[], None] = lambda: None) -> None:
+                 on_state_change: Callable[[], None] = lambda: None,
+                 on_timed: Callable[[str, str, float], None] = lambda server, action, seconds: None) -> None:
         self.server = server
+        #: Told (server, action, seconds) after every transfer attempt: the metrics' histogram.
+        self._on_timed = on_timed
         self._factory = factory
         self._limit = max_connections
         self._global_slots = global_slots
@@ -171,7 +174,9 @@ class TransporterPool:
                     if transporter is None:
                         transporter = self._factory()
                     with self._global_slots:
+                        started = time.monotonic()
                         transporter = self._run(transporter, task)
+                        self._on_timed(self.server, task.action, time.monotonic() - started)
                 finally:
                     with self._cond:
                         self._busy -= 1
