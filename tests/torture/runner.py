@@ -98,6 +98,8 @@ class Runner:
         self.world_index = 0
         self.world: World | None = None
         self.ops: Operations | None = None
+        #: Set when nothing more can be learnt (a fresh daemon does not even start).
+        self.cannot_go_on = False
 
     def _fault_possible(self, fault: str, out: TextIO) -> bool:
         reason = {"disk_full": self.servers.tmpfs_problem,
@@ -174,7 +176,15 @@ class Runner:
         rng = random.Random(f"{self.seed}:{index}")
         log: list[str] = []
         if self.world is None:
-            log += self._new_world(index)
+            try:
+                log += self._new_world(index)
+            except AssertionError as error:  # harness.Daemon.start: the daemon did not start
+                self.cannot_go_on = True
+                state = self.world.state if self.world is not None else ""
+                violation = Violation(self.seed, index, self.world_index, None, log,
+                                      [f"a new world's daemon did not start: {error}"], state, "")
+                self.say(violation.report())
+                return violation
         world, ops = self.world, self.ops
         assert world is not None and ops is not None
         ops.rng = rng
@@ -245,7 +255,7 @@ class Runner:
                     summary.violations.append(violation)
                     if self.on_violation is not None:
                         self.on_violation(violation)
-                    if stop_on_violation:
+                    if stop_on_violation or self.cannot_go_on:
                         break
         finally:
             if self.world is not None:
