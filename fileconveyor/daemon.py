@@ -2,7 +2,15 @@
 
 * SIGTERM and SIGINT stop for good (the original treated SIGTERM as a crash and restarted 10 s
   later). Handlers only set flags; the main thread does the work.
-* SIGHUP reopens the log file (for logrotate).
+* SIGHUP (`fileconveyor reload`) reopens the log file and reloads config.xml, the way nginx does:
+  a config that does not load is refused with its errors logged, and the daemon goes on with the
+  old one; a good one replaces the arbitrator in this process. Arbitrator.stop() lets running
+  transfers finish and leaves the rest in pipeline_list, which the new arbitrator recovers (the
+  self-restart path below does the same), so nothing queued or in flight is lost or sent twice.
+* SIGUSR1 wakes the dispatcher: `verify --requeue` and `reconcile` queue rows from another process
+  and ask the daemon to take them now rather than at its next 30 s look.
+* Under systemd (Type=notify) the main thread reports READY=1 once the arbitrator is up, the
+  backlog in STATUS=, RELOADING=1, STOPPING=1 and WATCHDOG=1 (fileconveyor/systemd.py).
 * An unexpected exception that escapes any thread's loop stops the arbitrator; with
   RESTART_AFTER_UNHANDLED_EXCEPTION the daemon reloads its config and starts again after
   RESTART_INTERVAL, otherwise it exits non-zero.
@@ -25,9 +33,10 @@ import traceback
 import types
 from typing import Callable
 
-from fileconveyor.config import Config, load_config
+from fileconveyor.config import Config, ConfigError, load_config
 from fileconveyor.localfile import ensure_private_directory
 from fileconveyor.settings import Settings
+from fileconveyor.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -241,16 +250,30 @@ def _where(thread: threading.Thread) -> str:
     return f"{thread.name} (in {summary.name} at {summary.filename}:{summary.lineno})"
 
 
+#: Settings a reload cannot change: the daemon's own files. Changing them needs a restart (a new
+#: PID file would leave `stop` unable to find this process; new state databases would orphan the
+#: queue of the old ones).
+RESTART_ONLY_SETTINGS = ("PID_FILE", "PERSISTENT_DATA_DB", "SYNCED_FILES_DB", "FSMONITOR_DB",
+                         "WORKING_DIR", "LOG_FILE", "FILE_LOGGER_LEVEL", "CONSOLE_LOGGER_LEVEL")
+#: Seconds between STATUS= updates to systemd when no watchdog asks for more often.
+NOTIFY_STATUS_INTERVAL = 10.0
+
+
 class Runner:
     """`fileconveyor run`: the main thread waits on flags set by signal handlers and crashes."""
 
     def __init__(self, config_path: str, config: Config, reopen_logs: Callable[[], None],
-                 ready: Callable[[str | None], None] = lambda error: None) -> None:
+                 ready: Callable[[str | None], None] = lambda error: None,
+                 notifier: Notifier | None = None) -> None:
         self.config_path = config_path
         self.config = config
         self.reopen_logs = reopen_logs
         self.ready = ready
+        self.notifier = notifier if notifier is not None else Notifier()
         self.stop_requested = threading.Event()
+        self.stop_signal = ""
+        self.reload_requested = threading.Event()
+        self.poke_requested = threading.Event()
         self.wake = threading.Event()
         #: Restarts in a row that failed, or crashed within STABLE_UPTIME; each doubles the wait (up
         #: to MAX_RESTART_WAIT), so a daemon that cannot run does not spin (the original retried
@@ -258,18 +281,23 @@ class Runner:
         self.failed_restarts = 0
 
     def _on_stop_signal(self, signum: int, _frame: object) -> None:
-        log.warning("Received %s: stopping", signal.Signals(signum).name)
+        self.stop_signal = signal.Signals(signum).name  # logged by the main thread (no I/O here)
         self.stop_requested.set()
         self.wake.set()
 
     def _on_hup(self, _signum: int, _frame: object) -> None:
-        self.reopen_logs()
-        log.info("Log file reopened (SIGHUP)")
+        self.reload_requested.set()
+        self.wake.set()
+
+    def _on_usr1(self, _signum: int, _frame: object) -> None:
+        self.poke_requested.set()
+        self.wake.set()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
         pid_file = self.config.settings.PID_FILE
         try:
             check_working_dir(self.config.settings.WORKING_DIR)
@@ -283,6 +311,7 @@ class Runner:
             status = self._loop()
             stopped = True
         finally:
+            self.notifier.stopping()
             # The PID file goes last, and the process goes with it: a thread that ignores the
             # stop (blocked in a system call) would keep the process alive for ever after the
             # PID file said it had stopped, and a second daemon could start beside it.
@@ -294,25 +323,25 @@ class Runner:
             if stopped:
                 log.warning("File Conveyor stopped")
             remove_pid_file(pid_file)
+            self.notifier.close()
             if stragglers:
                 logging.shutdown()
                 os._exit(status)
         return status
 
     def _loop(self) -> int:
-        """Start the arbitrator, wait for a stop or a crash, restart; the exit status."""
+        """Start the arbitrator, wait for a stop, a reload or a crash, restart; the exit status."""
         from fileconveyor.arbitrator import Arbitrator  # imports backends; keep `--help` fast
 
-        restarted = False
+        how = "is starting"
         while not self.stop_requested.is_set():
             arbitrator = Arbitrator(self.config, on_crash=lambda _error: self.wake.set())
-            log.warning("File Conveyor %s (PID %d, config %s)",
-                        "has restarted itself" if restarted else "is starting", os.getpid(), self.config_path)
+            log.warning("File Conveyor %s (PID %d, config %s)", how, os.getpid(), self.config_path)
             try:
                 arbitrator.start()
             except Exception as error:
                 arbitrator.stop(timeout=5)
-                if restarted:
+                if how != "is starting":
                     self.failed_restarts += 1
                     log.critical("Restart failed (%d in a row): %s", self.failed_restarts, error, exc_info=True)
                     if self._wait_for_restart():
@@ -322,13 +351,22 @@ class Runner:
                 raise
             self.ready(None)
             self.ready = lambda error: None
+            self.notifier.ready(self._backlog(arbitrator))
             started_at = time.monotonic()
-            while not self.stop_requested.is_set() and not arbitrator.crashed.is_set():
-                self.wake.wait(60)
-                self.wake.clear()
+            reloaded = self._serve(arbitrator)
+            if self.stop_requested.is_set():
+                log.warning("Received %s: stopping", self.stop_signal or "a stop signal")
+            if reloaded is None:
+                self.notifier.stopping()
+            else:
+                self.notifier.reloading()
             arbitrator.stop()
             if self.stop_requested.is_set():
                 break
+            if reloaded is not None:
+                self.config = reloaded
+                how = "has reloaded its config"
+                continue
             log.critical("File Conveyor stopped after an unexpected error: %s", arbitrator.crash_error)
             if time.monotonic() - started_at < STABLE_UPTIME:
                 self.failed_restarts += 1  # crashing again soon after a start: back off
@@ -336,8 +374,75 @@ class Runner:
                 self.failed_restarts = 0
             if not self._wait_for_restart():
                 return 1
-            restarted = True
+            how = "has restarted itself"
         return 0
+
+    def _serve(self, arbitrator: object) -> Config | None:
+        """Run until a stop, a crash or an accepted reload; the new config for a reload, else None.
+        Meanwhile: wake the dispatcher on SIGUSR1, and keep systemd informed."""
+        interval = min(NOTIFY_STATUS_INTERVAL, self.notifier.watchdog_interval or NOTIFY_STATUS_INTERVAL)
+        next_beat = time.monotonic() + interval
+        while not self.stop_requested.is_set() and not arbitrator.crashed.is_set():  # type: ignore[attr-defined]
+            self.wake.wait(max(0.0, next_beat - time.monotonic()))
+            self.wake.clear()
+            if self.stop_requested.is_set():
+                break
+            if self.poke_requested.is_set():
+                self.poke_requested.clear()
+                log.info("Woken (SIGUSR1): looking at the queue now")
+                arbitrator.wake()  # type: ignore[attr-defined]
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reopen_logs()
+                log.warning("Received SIGHUP: log file reopened; reloading %s", self.config_path)
+                config = self._reload()
+                if config is not None:
+                    return config
+            if time.monotonic() >= next_beat:
+                self.notifier.watchdog()
+                if self.notifier.enabled:
+                    self.notifier.status(self._backlog(arbitrator))
+                next_beat = time.monotonic() + interval
+        return None
+
+    def _reload(self) -> Config | None:
+        """The new config if it loads, validates and changes nothing that needs a restart; None
+        (with the reasons logged) to keep the running one."""
+        try:
+            config = load_config(self.config_path, for_daemon=True)
+        except ConfigError as error:
+            problems = [str(p) for p in error.problems if p.severity == "error"]
+            log.error("Reload refused: %s has %d error(s); still running with the previous config:\n%s",
+                      self.config_path, len(problems), "\n".join(problems))
+            return None
+        except Exception as error:  # noqa: BLE001 - any reason to refuse keeps the daemon up
+            log.error("Reload refused: cannot load %s (%s); still running with the previous config",
+                      self.config_path, error)
+            return None
+        old, new = self.config.settings, config.settings
+        changed = [name for name in RESTART_ONLY_SETTINGS if getattr(old, name) != getattr(new, name)]
+        if changed:
+            log.error("Reload refused: %s changes %s, which only a restart can change (`fileconveyor stop` "
+                      "then `start`); still running with the previous config", self.config_path,
+                      ", ".join(changed))
+            return None
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        log.warning("Config reloaded: %d source(s), %d server(s), %d rule(s); letting running transfers "
+                    "finish, then going on with the new config", len(config.sources), len(config.servers),
+                    len(config.rules))
+        return config
+
+    @staticmethod
+    def _backlog(arbitrator: object) -> str:
+        """STATUS= for systemd: the backlog, as `status` counts it."""
+        try:
+            counts = arbitrator.pipeline.counts()  # type: ignore[attr-defined]
+        except Exception as error:  # noqa: BLE001 - a status line must never stop the daemon
+            return f"running (backlog unknown: {error})"
+        return ("syncing: {waiting} waiting, {in_flight} in flight, {failed} failed".format(**counts)
+                if counts["waiting"] or counts["in_flight"] else
+                "idle: everything synced" + (f", {counts['failed']} failed" if counts["failed"] else ""))
 
     def _wait_for_restart(self) -> bool:
         """Wait RESTART_INTERVAL and reload the config; False when the daemon should exit instead."""
@@ -356,6 +461,36 @@ class Runner:
         except Exception as error:  # noqa: BLE001 - keep the last good config
             log.error("The config can no longer be used (%s); restarting with the previous one", error)
         return True
+
+
+def signal_daemon(pid_file: str, signum: int) -> int | None:
+    """Send `signum` to the daemon holding `pid_file`; its PID, or None when none is running."""
+    pid = _daemon_pid(pid_file, "this command")
+    return pid if pid is not None and _signal(pid, signum) else None
+
+
+def _daemon_pid(pid_file: str, command: str) -> int | None:
+    """The running daemon's PID, None when none runs; DaemonError (saying what to do instead of
+    `command`) when the PID file cannot tell."""
+    pid = running_pid(pid_file)
+    if pid is None and os.path.exists(pid_file) and not os.access(pid_file, os.R_OK):
+        raise DaemonError(f"this user may not read the PID file {pid_file}: it belongs to the user "
+                          f"File Conveyor runs as; run {command} as that user")
+    if pid is not None and pid <= 0:
+        raise DaemonError(f"{pid_file} is locked by a running File Conveyor but holds no valid PID; "
+                          "find the process with `fuser` and signal it yourself")
+    return pid
+
+
+def wake_daemon(pid_file: str) -> int | None:
+    """Ask a running daemon to look at its queue now (files queued by another process); its PID,
+    or None when none runs (it takes them at its next start). Never raises: the rows are queued
+    whatever happens here, and the daemon also looks every 30 s."""
+    try:
+        return signal_daemon(pid_file, signal.SIGUSR1)
+    except DaemonError as error:
+        log.warning("Could not wake the running daemon (%s); it takes the queued files within 30 s", error)
+        return None
 
 
 # --- start / stop -------------------------------------------------------------------------------
@@ -429,15 +564,9 @@ def stop_daemon(pid_file: str, timeout: float, kill: bool = False) -> Stopped | 
     (not for its PID file: the file going is no proof). Returns what was stopped, or None when no
     daemon was running. If it is still alive after `timeout`: with `kill`, SIGKILL it and remove
     its PID file; otherwise raise DaemonError saying that it is still running."""
-    pid = running_pid(pid_file)
-    if pid is None and os.path.exists(pid_file) and not os.access(pid_file, os.R_OK):
-        raise DaemonError(f"this user may not read the PID file {pid_file}: it belongs to the user "
-                          "File Conveyor runs as; run `fileconveyor stop` as that user")
+    pid = _daemon_pid(pid_file, "`fileconveyor stop`")
     if pid is None:
         return None
-    if pid <= 0:
-        raise DaemonError(f"{pid_file} is locked by a running File Conveyor but holds no valid PID; "
-                          "find the process with `fuser` and stop it with SIGTERM")
     if not _signal(pid, signal.SIGTERM):
         remove_stale_pid_file(pid_file)
         return Stopped(pid)

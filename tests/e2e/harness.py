@@ -103,15 +103,18 @@ def write_config(tmp_path, processors: tuple[str, ...] = (), settings: dict[str,
 class Daemon:
     """`fileconveyor run` as a child process; `start()` returns once it reports readiness."""
 
-    def __init__(self, setup: Setup, code_dir: str = REPO) -> None:
+    def __init__(self, setup: Setup, code_dir: str = REPO, env: dict[str, str] | None = None) -> None:
         self.setup = setup
+        #: Extra environment variables for the daemon (NOTIFY_SOCKET, WATCHDOG_USEC, ...).
+        self.env = env or {}
         #: The directory whose `fileconveyor` package runs (the torture suite can run a snapshot).
         self.code_dir = code_dir
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> "Daemon":
         read_end, write_end = os.pipe()
-        env = dict(os.environ, PYTHONPATH=self.code_dir + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=self.code_dir + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   **self.env)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fileconveyor", "run", "--config", self.setup.config,
              "--ready-fd", str(write_end)],
