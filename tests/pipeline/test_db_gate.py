@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 
 import pytest
 
 from fileconveyor.fsmonitor.base import Event
 from fileconveyor.pipeline import db
-from fileconveyor.pipeline.db import Database, DatabaseDamaged, DatabaseError, DatabaseUnavailable, Journal
+from fileconveyor.pipeline.db import Database, DatabaseDamaged, DatabaseError, DatabaseUnavailable, Journal, readonly_uri
 from fileconveyor.pipeline.queue import PersistentPipeline
 from fileconveyor.pipeline.synced_files import SyncedFiles
 from tests.e2e.harness import wait_for
@@ -193,3 +194,79 @@ def test_a_read_only_open_after_an_interrupted_write_says_what_to_do(tmp_path):
     recovered = Database(str(crash / "persistent_data.db"), SCHEMA, 2)  # a writer rolls it back
     assert recovered.query("SELECT COUNT(*) FROM t") == [(0,)]
     recovered.close()
+
+
+def test_group_commit_is_durable_per_body_and_isolates_failures(tmp_path):
+    """Threads writing at once share commits; each body returns only once its row is durable
+    (seen by another connection), and a body that raises loses only its own row."""
+    path = str(tmp_path / "g.db")
+    database = Database(path, ("CREATE TABLE IF NOT EXISTS t(thread INTEGER, n INTEGER)",), 2)
+    problems: list[str] = []
+    start = threading.Barrier(8)
+    bodies, commits = database.bodies, database.commits
+
+    def worker(number: int) -> None:
+        other = sqlite3.connect(readonly_uri(path), uri=True, timeout=30)
+        start.wait()
+        for n in range(40):
+            try:
+                with database.transaction() as conn:
+                    conn.execute("INSERT INTO t VALUES (?, ?)", (number, n))
+                    if n % 10 == 9:
+                        raise ValueError("this body fails")
+            except ValueError:
+                continue
+            if other.execute("SELECT COUNT(*) FROM t WHERE thread = ? AND n = ?", (number, n)).fetchone() != (1,):
+                problems.append(f"thread {number} row {n} not durable when transaction() returned")
+        other.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert problems == []
+    rows = set(database.query("SELECT thread, n FROM t"))
+    assert rows == {(t, n) for t in range(8) for n in range(40) if n % 10 != 9}
+    assert database.bodies - bodies == 8 * 40 and database.commits - commits < 8 * 40
+    database.close()
+
+
+def test_a_transaction_inside_a_transaction_is_refused_not_a_deadlock(tmp_path):
+    database = Database(str(tmp_path / "n.db"), SCHEMA, 2)
+    with pytest.raises(DatabaseError, match="inside a transaction"):
+        with database.transaction():
+            with database.transaction():
+                pass
+    assert database.query("SELECT COUNT(*) FROM t") == [(0,)]  # usable afterwards
+    database.close()
+
+
+def test_transactions_nested_in_another_databases_do_not_deadlock(tmp_path):
+    """Threads that write B inside a transaction of A (always in that order, as with any locks)
+    beside threads that write B alone: group commit must not make either wait for ever."""
+    first = Database(str(tmp_path / "a.db"), SCHEMA, 2)
+    second = Database(str(tmp_path / "b.db"), SCHEMA, 2)
+
+    def nested() -> None:
+        for n in range(30):
+            with first.transaction() as conn:
+                conn.execute("INSERT INTO t VALUES (?)", (n,))
+                with second.transaction() as inner_conn:
+                    inner_conn.execute("INSERT INTO t VALUES (?)", (n,))
+
+    def alone() -> None:
+        for n in range(30):
+            with second.transaction() as conn:
+                conn.execute("INSERT INTO t VALUES (?)", (n,))
+
+    threads = [threading.Thread(target=nested if i % 2 else alone, daemon=True) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "deadlock"
+    assert first.query("SELECT COUNT(*) FROM t") == [(90,)] and second.query("SELECT COUNT(*) FROM t") == [(180,)]
+    first.close()
+    second.close()
