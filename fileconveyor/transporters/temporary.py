@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import secrets
+import time
 import urllib.parse
 from typing import Callable, Iterator
 
@@ -42,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 #: Upper bound on markers one sweep looks at (far above the number of connections of a server).
 MAX_SWEEP = 100_000
+#: Seconds after which an unlocked `.partial-` marker is taken for one whose writer died. A younger
+#: one may be a writer's between its open() and its flock(): removing it made that upload fail
+#: with ENOENT (seen in bursts, where a new worker's first sweep meets another worker's upload).
+PARTIAL_MARKER_AGE = 60.0
 
 
 class PendingTemporaryNames:
@@ -120,7 +125,8 @@ class PendingTemporaryNames:
                 except BlockingIOError:
                     continue  # an upload in progress owns it
                 if name.startswith(".partial-"):
-                    os.unlink(path)  # died before its temporary name was created
+                    if time.time() - os.fstat(fd).st_mtime >= PARTIAL_MARKER_AGE:
+                        os.unlink(path)  # died before its temporary name was created
                     continue
                 temp = _read_marker(fd)
                 if temp is None or not accept(temp):
