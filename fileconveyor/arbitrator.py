@@ -263,8 +263,9 @@ class Arbitrator:
             status.update(monitor.runtime_status())
         status["databases_degraded"] = [dataclasses.asdict(d) for d in degraded()]
         counts = self.pipeline.counts()
-        status["progress"] = self.metrics.progress.snapshot(counts["waiting"] + counts["in_flight"])
         blocked = self.pipeline.blocked_counts()
+        status["progress"] = self.metrics.progress.snapshot(counts["waiting"] + counts["in_flight"],
+                                                            sum(blocked.values()))
         status["servers"] = {
             name: {"paused": pool.paused_reason, "paused_since": pool.paused_since,
                    "busy": pool.busy, "queued": pool.queued, "files_waiting": blocked.get(name, 0)}

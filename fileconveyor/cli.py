@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from fileconveyor import __version__
+from fileconveyor import __version__, statusview
 from fileconveyor.config import Config, ConfigError, check_config, load_config
 from fileconveyor.settings import Settings
 
@@ -294,6 +294,9 @@ def _has_content(path: str) -> bool:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Exit 0 when everything could be read, 1 when a state database is damaged, lost or unreadable."""
+    if args.watch:
+        config = _load(args)
+        return statusview.watch(lambda: status_report(config), args.interval, args.count)
     report = status_report(_load(args))
     status = 1 if report["problems"] else 0
     if args.json:
@@ -332,6 +335,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  waiting:   {shown(report['waiting'])}")
     print(f"  in flight: {shown(report['in_flight'])}")
     print(f"  failed:    {shown(report['failed'])}")
+    progress = (runtime or {}).get("progress")
+    if progress and progress.get("backlog", 0) >= statusview.LARGE_BACKLOG:
+        print(f"  progress:  {statusview.progress_line(progress)}")
     now = time.time()
     for failed in report["failed_files"][:20]:
         wait = max(0, failed["next_try"] - now)
@@ -407,6 +413,12 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _frames(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of frames (1 or more)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fileconveyor",
@@ -436,6 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reload)
     p = sub.add_parser("status", parents=[common], help="running or not, queue sizes, failures, synced files")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--watch", action="store_true",
+                   help="redraw a compact live view until Ctrl-C (successive frames when not on a terminal)")
+    p.add_argument("--interval", type=_seconds, default=2.0, metavar="SECONDS",
+                   help="--watch refresh period (0.5 to 60; default 2)")
+    p.add_argument("--count", type=_frames, default=None, metavar="N", help="--watch: stop after N frames")
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("verify", parents=[common], help="check that every synced file is at its destination")
     p.add_argument("--requeue", action="store_true", help="queue the missing and different files again")

@@ -272,7 +272,7 @@ function render(s) {
     $("progress").textContent = p.completed + " of " + p.total + " files done since start (" +
       pct.toFixed(1) + " %, " + bytes(p.bytes) + "); " + p.backlog + " to go; rate " +
       (p.rate === null ? "measuring" : p.rate.toFixed(1) + " files/s") + "; ETA " +
-      (p.backlog === 0 ? "done" : duration(p.eta));
+      (p.backlog === 0 ? "done" : p.blocked ? "unknown: " + p.blocked + " wait for a paused server" : duration(p.eta));
     $("latency").textContent = p.latency_median === null ? "Latency: no file synced yet" :
       "Latency from change to destination (recent files): median " + duration(p.latency_median) +
       ", max " + duration(p.latency_max);
@@ -290,10 +290,10 @@ function render(s) {
   }));
   const failed = s.failed_files || [];
   $("failed-count").textContent = "(" + (s.failed === null ? "unknown" : s.failed) + " in all)";
-  fill("failures", failed.slice(0, 20).map(function (f) {
+  fill("failures", failed.length ? failed.slice(0, 20).map(function (f) {
     return row([f.file, f.kind, String(f.attempts), "in " + duration(f.next_try - now), f.reason],
                ["", "", "num", "", "reason"]);
-  }));
+  }) : [row(["none", "", "", "", ""], ["muted"])]);
   fill("problems", (s.problems || []).map(function (text) {
     const d = document.createElement("p"); d.className = "paused"; d.textContent = "PROBLEM: " + text; return d;
   }));

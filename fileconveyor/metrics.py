@@ -130,9 +130,11 @@ class Progress:
         with self._lock:
             self._latencies.append(seconds)
 
-    def snapshot(self, backlog: int, now: float | None = None) -> dict[str, object]:
+    def snapshot(self, backlog: int, blocked: int = 0, now: float | None = None) -> dict[str, object]:
         """Files done since start, of done + backlog; the rate over RATE_WINDOW; an ETA when
-        there is a rate. Called once a second by the status thread (it also takes the sample)."""
+        there is a rate and no file of the backlog waits for a paused server (`blocked`: no rate
+        says when that one comes back). Called once a second by the status thread (it also takes
+        the sample)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             completed, done_bytes = self.completed, self.bytes
@@ -145,8 +147,8 @@ class Progress:
         rate = (completed - first_count) / span if span >= 1.0 else None
         return {
             "started_at": self.started_at, "completed": completed, "bytes": done_bytes,
-            "backlog": backlog, "total": completed + backlog,
-            "rate": rate, "eta": (backlog / rate) if rate and backlog else (0.0 if not backlog else None),
+            "backlog": backlog, "blocked": blocked, "total": completed + backlog, "rate": rate,
+            "eta": 0.0 if not backlog else (backlog / rate) if rate and not blocked else None,
             "latency_median": statistics.median(latencies) if latencies else None,
             "latency_max": max(latencies) if latencies else None,
         }
