@@ -170,3 +170,43 @@ def test_129_created_events_for_synced_files_with_a_per_server_chain_do_not_stal
                  "every CREATED event to go through a pipeline of 2 paths")
         assert synced_inputs(setup) == expected
         assert daemon.terminate() == 0
+
+
+# --- the recorder: one commit for many files, and a reader's lock waited out (#149's kind) ----------
+
+def _change_counter(path: str) -> int:
+    """SQLite's file change counter (header bytes 24-27): one more per committed write
+    transaction in rollback-journal mode (synced_files.db's default)."""
+    with open(path, "rb") as handle:
+        header = handle.read(28)
+    return int.from_bytes(header[24:28], "big")
+
+
+def test_recorder_batches_a_burst_and_waits_out_a_readers_lock(tmp_path: pathlib.Path) -> None:
+    setup = write_config(tmp_path)
+    names = [f"burst/f{i}.txt" for i in range(40)]  # below MAX_FILES_IN_PIPELINE: all can upload
+    expected = {os.path.join(setup.source, name) for name in names}
+    with _daemon(setup) as daemon:
+        before = _change_counter(setup.db("synced_files.db"))
+        # A reader (the Drupal module, sqlite3 in a shell) holding its SHARED lock: the daemon's
+        # commit to synced_files.db cannot complete until the reader is done.
+        reader = sqlite3.connect(setup.db("synced_files.db"), isolation_level=None)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM synced_files").fetchone() == (0,)
+        try:
+            for name in names:
+                _write(os.path.join(setup.source, name), name)
+            wait_for(lambda: len(os.listdir(os.path.join(setup.dest, "burst"))) == len(names)
+                     if os.path.isdir(os.path.join(setup.dest, "burst")) else False,
+                     60, "every file uploaded while the records wait for the reader")
+            assert _change_counter(setup.db("synced_files.db")) == before, "a record got past the reader's lock"
+        finally:
+            reader.execute("COMMIT")
+            reader.close()
+        wait_for(lambda: synced_inputs(setup) == expected and _all_queues_empty(setup), 60,
+                 "every upload recorded once the reader let go")
+        commits = _change_counter(setup.db("synced_files.db")) - before
+        assert commits <= 5, f"{commits} commits for {len(names)} records: the recorder does not batch"
+        failed = query(setup.db("persistent_data.db"), "SELECT COUNT(*) FROM failed_files_list")
+        assert failed == [(0,)]
+        assert daemon.terminate() == 0
