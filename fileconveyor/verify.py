@@ -34,7 +34,7 @@ from fileconveyor.fsmonitor.base import Event
 from fileconveyor.pipeline.queue import PersistentPipeline
 from fileconveyor.pipeline import state
 from fileconveyor.pipeline.db import DatabaseError
-from fileconveyor.pipeline.synced_files import Copy, SyncedFile, copies_on_server
+from fileconveyor.pipeline.synced_files import Copy, SyncedFile, copies_on_server, forget_contents
 from fileconveyor.transporters.base import (
     RemoteEntry,
     Transporter,
@@ -176,6 +176,12 @@ def verify(config: Config, requeue: bool = False, out: TextIO = sys.stdout, deep
           + (f"; {unknown} row(s) for servers no longer configured" if unknown else ""),
           file=out)
     if wrong and requeue:
+        # Or the daemon would take an unchanged file as already there (recorded_content).
+        writer = state.open_synced_files(config.settings)
+        try:
+            forget_contents(writer, sorted(wrong))
+        finally:
+            writer.close()
         pipeline = PersistentPipeline(config.settings.PERSISTENT_DATA_DB)
         try:
             paths = sorted({input_file for input_file, _server in wrong})

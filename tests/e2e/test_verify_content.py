@@ -10,25 +10,18 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import subprocess
-import sys
 
 from fileconveyor.config import load_config
 from fileconveyor.pipeline.synced_files import SyncedFiles, copies_on_server
 from fileconveyor.verify import _check_server
 from tests.e2e.harness import (
-    REPO, Daemon, counts, query, synced_inputs, wait_for, wait_in_sync, write_config,
+    Daemon, Setup, counts, query, synced_inputs, wait_for, wait_in_sync, write_config,
 )
 from tests.e2e.remote_trees import add_servers
+from tests.e2e.test_daemon import cli
 from tests.servers.moto import FAKE_KEY_ID, FAKE_SECRET, MotoServer
 
 COPY = ("tests.e2e.processors.Copy",)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "fileconveyor", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
 
 
 def test_local_copies_overwritten_are_found_by_size_and_by_deep_read_back(tmp_path):
@@ -65,19 +58,23 @@ def test_local_copies_overwritten_are_found_by_size_and_by_deep_read_back(tmp_pa
     assert pathlib.Path(setup.dest, "f1.txt").read_text() == "content 1"
 
 
+def send_only_to_s3(setup: Setup, moto_server: MotoServer, bucket: str) -> None:
+    """The harness's config with one server, `s3` (moto), instead of the local one."""
+    add_servers(setup, {"s3": ("s3", {"endpoint_url": moto_server.endpoint, "access_key_id": FAKE_KEY_ID,
+                                      "secret_access_key": FAKE_SECRET, "bucket_name": bucket}, 4)},
+                keep_local=False)
+
+
 def test_s3_objects_overwritten_or_deleted_are_reported_from_one_listing(
         tmp_path, moto_server: MotoServer, s3_bucket: str):
     setup = write_config(tmp_path)
-    add_servers(setup, {"s3": ("s3", {"endpoint_url": moto_server.endpoint,
-                                      "access_key_id": FAKE_KEY_ID,
-                                      "secret_access_key": FAKE_SECRET,
-                                      "bucket_name": s3_bucket}, 4)}, keep_local=False)
+    send_only_to_s3(setup, moto_server, s3_bucket)
     for i in range(30):
         pathlib.Path(setup.source, "d", f"f{i:02}.txt").parent.mkdir(exist_ok=True)
         pathlib.Path(setup.source, "d", f"f{i:02}.txt").write_text(f"object {i:02}")
     with Daemon(setup) as daemon:
         wait_for(lambda: len(synced_inputs(setup)) == 30 and not any(counts(setup).values()),
-                 timeout=60, what="30 files synced to S3")
+                 timeout=120, what="30 files synced to S3")
         assert daemon.terminate() == 0
     s3 = moto_server.client()
     s3.put_object(Bucket=s3_bucket, Key="d/f03.txt", Body=b"OBJECT 03")  # same size
