@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,6 +87,13 @@ def test_metrics_move_during_a_sync_and_agree_with_synced_files(tmp_path):
         assert ("fileconveyor_process_resident_memory_bytes", ()) in final
         assert ("fileconveyor_startup_scan_seconds", ()) in final
         assert get(url + "/healthz") == (200, "ok\n")
+        families = set(re.findall(r"^# TYPE (\w+) ", get(url + "/metrics")[1], re.M))
+        for contrib in ("contrib/grafana-dashboard.json", "contrib/alerts.yml"):
+            with open(os.path.join(REPO, contrib), encoding="utf-8") as handle:
+                used = set(re.findall(r"fileconveyor_\w+", handle.read()))
+            unknown = {name for name in used
+                       if name not in families and re.sub(r"_(bucket|count|sum)$", "", name) not in families}
+            assert not unknown, f"{contrib} uses metrics the daemon does not export: {sorted(unknown)}"
         status, body = get(url + "/status")
         assert status == 200
         from_http = json.loads(body)
