@@ -228,9 +228,11 @@ def _text(element: etree._Element) -> str:
 class _Loader:
     """One pass over one config file: collects every problem and, when there is no error, the Config.
 
-    `for_daemon`: a scanPath that is not a directory (yet) is an error only for commands that
-    watch the trees (`run`, `start`, `check-config`); `stop`, `status`, `verify` and `upgrade`
-    must work while a tree is missing (it is then a warning)."""
+    `for_daemon`: what stops the daemon from watching the trees (a scanPath that is not a
+    directory, a tree holding the daemon's own output, nested trees, system directories; see
+    `refuse`) is an error only for `run`, `start` and `check-config`; `stop`, `status`, `verify`
+    and `upgrade` must work anyway (a tree went missing, a location became a symlink into a tree
+    while the daemon ran), so for them it is a warning."""
 
     def __init__(self, path: str, for_daemon: bool = True) -> None:
         self.path = path
@@ -392,9 +394,8 @@ class _Loader:
                                     "directory to sync, for example scanPath=\"/var/www/site\"")
             elif not os.path.isdir(scan_path):
                 what = "is not a directory" if os.path.exists(scan_path) else "does not exist"
-                report = self.error if self.for_daemon else self.warning
-                report(element, f"source {name!r}: scanPath {scan_path!r} {what}; write the path of "
-                                "an existing directory (or create it): the daemon does not start without it")
+                self.refuse(element, f"source {name!r}: scanPath {scan_path!r} {what}; write the path of "
+                                     "an existing directory (or create it): the daemon does not start without it")
             document_root = self._document_root(element, name)
             base_path = self._base_path(element, name, document_root)
             sources[name] = Source(name, scan_path, document_root, base_path, _line(element))
@@ -779,6 +780,12 @@ class _Loader:
 
     # what the trees may hold (issue 7 items 4 and 17)
 
+    def refuse(self, where: etree._Element | int | None, message: str) -> None:
+        """What stops the daemon from watching the trees (it depends on the file system now): an
+        error for `run`, `start` and `check-config`; a warning for the commands that must work
+        anyway (`stop`, `status`, `verify`, `upgrade`)."""
+        (self.error if self.for_daemon else self.warning)(where, message)
+
     def check_trees(self, root: etree._Element, sources: Mapping[str, Source], servers: Mapping[str, Server],
                     rules: tuple[Rule, ...], ignored: frozenset[str], settings: Settings | None) -> None:
         """Nothing the daemon writes may lie in a watched tree (it would sync its own output for
@@ -794,7 +801,7 @@ class _Loader:
                 if placed is None or placed == other.scan_path:
                     continue
                 if not _is_ignored_below(other.scan_path, placed, ignored):
-                    self.error(source.line, (
+                    self.refuse(source.line, (
                         f"source {source.name!r}: scanPath {source.scan_path!r} lies inside the tree of source "
                         f"{other.name!r} ({other.scan_path!r}, line {other.line}), so its files would be watched "
                         f"and synced twice; write trees that do not overlap{_ignore_advice(other, placed)}"))
@@ -840,7 +847,7 @@ class _Loader:
             if placed is None or (placed != source.scan_path and _is_ignored_below(source.scan_path, placed, ignored)):
                 continue
             refused = True
-            self.error(line, f"{what} lies inside the watched tree of source {source.name!r} "
+            self.refuse(line, f"{what} lies inside the watched tree of source {source.name!r} "
                              f"({source.scan_path!r}): {why}{_ignore_advice(source, placed)}")
         return refused
 
@@ -876,7 +883,7 @@ class _Loader:
             self.warning(element, f"source {source.name!r}: scanPath {source.scan_path!r} holds system "
                                   f"directories ({listing}); watched because allowSystemDirectories=\"true\"")
             return
-        self.error(element, (
+        self.refuse(element, (
             f"source {source.name!r}: scanPath {source.scan_path!r} holds system directories ({listing}): "
             "pseudo-files that never end, device nodes and kernel state, which cost a watch each and could "
             "publish secrets; write the directory to publish (for example scanPath=\"/var/www/site\"), or, "
@@ -1124,8 +1131,8 @@ def _setting_line(path: str, name: str) -> int:
 def load_config(path: str, for_daemon: bool = True) -> Config:
     """The validated Config; raises ConfigError listing every problem when there is any error.
     On success, `Config.warnings` holds the warnings. `for_daemon=False` (stop, status, verify,
-    upgrade) accepts a scanPath that does not exist (a warning): those commands must work while a
-    tree is missing."""
+    upgrade) makes what only stops the daemon from watching its trees (a scanPath that does not
+    exist, a destination inside a tree, ...) a warning: those commands must work anyway."""
     config, problems = _run(path, for_daemon)
     if config is None:
         raise ConfigError(problems)

@@ -46,6 +46,15 @@ def test_local_destination_inside_a_source_tree_is_refused(tmp_path: pathlib.Pat
     assert "write a location outside it" in message and "add 'cdn' to <sources ignoredDirs" in message
 
 
+def test_a_refused_tree_does_not_stop_the_commands_that_do_not_watch(tmp_path: pathlib.Path) -> None:
+    """`stop` must be able to stop a daemon whose location became a symlink into its tree."""
+    path, _ = write(tmp_path, doc(servers=local_server("{scan}/cdn"), rules=LOCAL_RULES))
+    with pytest.raises(ConfigError, match="inside the watched tree"):
+        load_config(path)
+    config = load_config(path, for_daemon=False)
+    assert [w.message for w in config.warnings if "inside the watched tree" in w.message]
+
+
 def test_local_destination_in_an_ignored_directory_is_accepted(tmp_path: pathlib.Path) -> None:
     path, _ = write(tmp_path, doc(sources=sources('ignoredDirs="cdn"'), servers=local_server("{scan}/cdn/static"),
                                   rules=LOCAL_RULES))

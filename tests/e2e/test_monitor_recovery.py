@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 
-from .harness import REPO, Daemon, synced_inputs, wait_for, wait_in_sync, write_config
+from .harness import REPO, Daemon, counts, synced_inputs, wait_for, wait_in_sync, write_config
 
 
 def write(path: str, text: str) -> None:
@@ -29,9 +29,7 @@ def command(config: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def unwatched(config: str) -> dict[str, str]:
-    result = command(config, "status", "--json")
-    runtime = json.loads(result.stdout).get("runtime") or {}
-    return {u["path"]: u["reason"] for u in runtime.get("unwatched", [])}
+    return {u["path"]: u["reason"] for u in runtime(config).get("unwatched", [])}
 
 
 def test_deleted_source_root_is_shown_by_status_and_watched_again(tmp_path) -> None:
@@ -78,3 +76,38 @@ def test_symlinked_scan_path_syncs_live_changes_under_its_configured_path(tmp_pa
                                         for p in ("first.css", "live.css", "newdir/deep.css")}
         said = f"{setup.source} is a symlink: watching {real}"  # published within a second
         wait_for(lambda: said in command(setup.config, "status").stdout, what=f"status saying {said!r}")
+
+
+def test_destination_re_pointed_into_a_source_tree_is_never_synced_back(tmp_path) -> None:
+    """Item 4, defence in depth: check-config refuses a location inside a tree, but a location that
+    becomes a symlink into one while the daemon runs must not start the loop (3 files became 3,039
+    copies, 1,013 levels deep). (Re-pointed before the first upload: a location replaced after the
+    transporter made its private temporary directory is another matter, see the report.)"""
+    setup = write_config(tmp_path)
+    inside = os.path.join(setup.source, "cdn")
+    with Daemon(setup) as daemon:
+        os.makedirs(inside)
+        os.rmdir(setup.dest)
+        os.symlink(inside, setup.dest)
+        wait_for(lambda: inside in excluded(setup.config), timeout=15, what="the monitor excluding the destination")
+        write(os.path.join(setup.source, "b.css"), "b{}")
+        try:
+            wait_for(lambda: os.path.lexists(os.path.join(inside, "b.css")), what="b.css published")
+        except AssertionError:
+            raise AssertionError(daemon.log_tail(30)) from None
+        wait_for(lambda: all(v == 0 for v in counts(setup).values()), what="queues empty")
+        # A later file, once published and its queue drained, proves the monitor reported
+        # (in order) whatever it saw of the first one's copy.
+        write(os.path.join(setup.source, "z.css"), "z{}")
+        wait_for(lambda: os.path.lexists(os.path.join(inside, "z.css")), what="z.css published")
+        wait_for(lambda: all(v == 0 for v in counts(setup).values()), what="queues empty")
+        assert [n for n in sorted(os.listdir(inside)) if not n.startswith(".")] == ["b.css", "z.css"]
+        assert synced_inputs(setup) == {os.path.join(setup.source, n) for n in ("b.css", "z.css")}
+
+
+def runtime(config: str) -> dict:
+    return json.loads(command(config, "status", "--json").stdout).get("runtime") or {}
+
+
+def excluded(config: str) -> list[str]:
+    return runtime(config).get("excluded", [])
