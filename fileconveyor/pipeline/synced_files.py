@@ -255,13 +255,15 @@ def copies_on_server(synced: "SyncedFiles", server: str) -> list[Copy]:
 def recorded_content(synced: "SyncedFiles", input_file: str, server: str,
                      remote_path: str) -> "tuple[int, str, bool] | None":
     """(size, md5, is it the URL recorded in synced_files) of a recorded copy whose content is
-    known and whose file has a row on `server`; None otherwise. A trip does not send content that
-    is recorded as already there (`reconcile` adopts objects this way)."""
+    known, whose file has a row on `server`, and which is not an old version waiting for its
+    deletion (`delete_after`: sending it again is what keeps it); None otherwise. A trip does not
+    send content that is recorded as already there (`reconcile` adopts objects this way)."""
     try:
         row = synced.db.query(
             "SELECT c.size, c.md5, c.url = f.url FROM synced_copies c JOIN synced_files f "
             "ON f.input_file = c.input_file AND f.server = c.server "
-            "WHERE c.input_file = ? AND c.server = ? AND c.remote_path = ?", (input_file, server, remote_path))
+            "WHERE c.input_file = ? AND c.server = ? AND c.remote_path = ? AND c.delete_after IS NULL",
+            (input_file, server, remote_path))
     except (sqlite3.Error, DatabaseError):  # a file without the columns (read-only, never opened by a writer)
         return None
     if not row or row[0][0] is None or row[0][1] is None:
