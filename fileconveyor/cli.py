@@ -444,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
     p = sub.add_parser("reload", parents=[common],
                        help="check config.xml, then make the running daemon reload it (SIGHUP); a bad "
-                            "config is refused and the daemon keeps the old one (docs/operations.md)")
+                            "config is refused and the daemon keeps the old one (contrib/README.md)")
     p.set_defaults(func=cmd_reload)
     p = sub.add_parser("status", parents=[common], help="running or not, queue sizes, failures, synced files")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -110,7 +110,8 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("RESTART_INTERVAL", 10.0, _non_negative_float,
                 doc="seconds to wait before such a restart"),
     SettingSpec("LOG_FILE", "fileconveyor.log", _text, is_path=True,
-                doc="rotating log file (5 MiB x 5); empty for none"),
+                doc="log file, rotated externally (logrotate: contrib/fileconveyor.logrotate); empty for none; "
+                    "under systemd, unset means the journal"),
     SettingSpec("PERSISTENT_DATA_DB", "persistent_data.db", _text, is_path=True),
     SettingSpec("PID_FILE", "fileconveyor.pid", _text, is_path=True, beside="PERSISTENT_DATA_DB",
                 doc="default: beside the state databases (the original used ~/.fileconveyor.pid)"),
