@@ -7,9 +7,9 @@ a directory; moto: objects PUT by 16 threads into a bucket of a moto server on l
 synced_files.db that records every copy with its size and MD5: the steady state, where reconcile
 must read all three streams to the end and find nothing to do. Then runs
 `fileconveyor reconcile --dry-run --json` in a child process and reports its wall time, CPU time
-and peak RSS (VmHWM of the child, read by itself at exit), and the counts it found. A
-second run adds N/100 objects nobody recorded and deletes N/100 recorded ones, as a check that the
-figures are those of real work.
+and peak RSS (VmHWM of the child, read by itself at exit), and the counts it found. On the
+local destination a second run adds N/100 objects nobody recorded and deletes N/100 recorded ones,
+as a check that the figures are those of real work.
 
 Prints figures; asserts nothing (benchmarks are figures, not pass/fail timings).
 """

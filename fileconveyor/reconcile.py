@@ -349,6 +349,9 @@ class Reconciler:
                 self._merge(server, transporter, conn, queue, spool, result)
             except TransporterError as error:
                 result.problems.append(f"{server}: cannot list the destination: {error}")
+            except sqlite3.Error as error:  # BUSY past the busy timeout, a damaged file
+                result.problems.append(f"{server}: cannot read {path}: {error}; try again (or see "
+                                       "docs/state.md if the file is damaged)")
             finally:
                 queue.close()
                 conn.close()
