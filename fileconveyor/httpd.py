@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: Seconds a computed /status is served again (the page of every viewer polls every 2 s).
+STATUS_MAX_AGE = 1.0
+
+
 class EndpointError(DaemonError):
     """The endpoint cannot be started as configured; the message says what to change."""
 
@@ -171,6 +175,8 @@ class StatusEndpoint:
             raise EndpointError(f"cannot listen on HTTP_ADDRESS {self.address}: {error.strerror or error}; "
                                 "choose another address or stop what uses it") from None
         self._thread: threading.Thread | None = None
+        self._status_lock = threading.Lock()
+        self._status: tuple[float, dict[str, Any]] | None = None
 
     @property
     def port(self) -> int:
@@ -196,9 +202,14 @@ class StatusEndpoint:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token.encode())
 
     def status(self) -> dict[str, Any]:
+        """`status --json`, computed at most once per STATUS_MAX_AGE for every viewer together
+        (about 10 ms of database reads each time; its runtime part changes once a second)."""
         from fileconveyor.cli import status_report  # the one definition of `status --json`
 
-        return status_report(self.arbitrator.config)
+        with self._status_lock:
+            if self._status is None or time.monotonic() - self._status[0] >= STATUS_MAX_AGE:
+                self._status = (time.monotonic(), status_report(self.arbitrator.config))
+            return self._status[1]
 
 
 PAGE = """<!DOCTYPE html>
