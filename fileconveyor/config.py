@@ -1116,6 +1116,11 @@ def check_config(path: str) -> list[ConfigProblem]:
                 f"WORKING_DIR {unsafe}: another user could read or replace files on their way to "
                 "publication, so the daemon will not start; use a directory of its own (mode 0700), "
                 "or remove <WORKING_DIR> to use the default beside the state databases")))
+        from fileconveyor.httpd import endpoint_problem
+
+        endpoint = endpoint_problem(config.settings)
+        if endpoint:
+            problems.append(ConfigProblem(path, _setting_line(path, "HTTP_ADDRESS"), endpoint))
     return problems
 
 

@@ -84,6 +84,20 @@ def configured_token(settings: "Settings") -> str | None:
     return token
 
 
+def endpoint_problem(settings: "Settings") -> str | None:
+    """Why the endpoint as configured would be refused at start (for `check-config` too), or None."""
+    if not settings.HTTP_ADDRESS:
+        return None
+    try:
+        token = configured_token(settings)
+    except EndpointError as error:
+        return str(error)
+    if token is None and not is_loopback(split_address(settings.HTTP_ADDRESS)[0]):
+        return (f"HTTP_ADDRESS {settings.HTTP_ADDRESS} is not a loopback address: set HTTP_TOKEN or "
+                "HTTP_TOKEN_FILE (every request must then carry it), or listen on 127.0.0.1")
+    return None
+
+
 def health(arbitrator: "Arbitrator", now: float | None = None) -> str | None:
     """None when healthy; otherwise why not (the body of a 503)."""
     if arbitrator.crashed.is_set():
@@ -164,11 +178,10 @@ class StatusEndpoint:
         settings = arbitrator.settings
         self.address = settings.HTTP_ADDRESS
         host, port = split_address(self.address)
+        problem = endpoint_problem(settings)
+        if problem:
+            raise EndpointError(problem)
         self._token = configured_token(settings)
-        if self._token is None and not is_loopback(host):
-            raise EndpointError(
-                f"HTTP_ADDRESS {self.address} is not a loopback address: set HTTP_TOKEN or HTTP_TOKEN_FILE "
-                "(every request must then carry it), or listen on 127.0.0.1")
         try:
             self._server = _Server((host, port), self)
         except OSError as error:

@@ -113,6 +113,9 @@ def test_a_token_is_required_when_configured_and_a_public_address_needs_one(tmp_
     assert "HTTP_ADDRESS 192.0.2.1:9380 is not a loopback address: set HTTP_TOKEN or HTTP_TOKEN_FILE" \
         in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+    checked = cli(setup, "check-config")
+    assert checked.returncode == 2 and ":1: " not in checked.stderr, checked.stderr
+    assert "is not a loopback address" in checked.stderr
 
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
