@@ -155,7 +155,7 @@ def compare_state(world: World, model: SourceModel) -> tuple[list[str], SourceMo
                 problems.append(f"synced_files: {input_file} on {server} has URL {url}, expected the first "
                                 f"rule's {first}" + (f" (of {sorted(candidates)})" if len(candidates) > 1 else ""))
             continue
-        served = world.fetch(url)
+        served = world.fetch(url, held["s3"])
         if served != candidates[url]:
             bad_urls += 1
             if bad_urls <= SHOW:

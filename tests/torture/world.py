@@ -318,9 +318,11 @@ class World:
             held["s3"] = {}
         return held, problems
 
-    def fetch(self, url: str) -> bytes | None:
+    def fetch(self, url: str, s3_held: dict[str, bytes] | None = None) -> bytes | None:
         """What `url` serves: local and SFTP URLs map to their root on this machine (a web server in
-        front of them would percent-decode the path the same way), S3 URLs are fetched from moto."""
+        front of them would percent-decode the path the same way), S3 URLs are fetched from moto
+        (or taken from `s3_held`, this bucket's objects as just listed and read, when the URL's
+        bucket is this world's: one GET per object per check instead of two)."""
         for base, root in ((LOCAL_URL, self.local), (SFTP_URL, self.sftp_root)):
             if url.startswith(base):
                 path = os.path.join(root, urllib.parse.unquote(url[len(base):]))
@@ -334,6 +336,8 @@ class World:
             # moto refuses anonymous GETs of private objects, so the URL's bucket and key are
             # fetched with a signed request (what a CDN in front of the bucket would do).
             bucket, _, key = urllib.parse.unquote(url[len(s3_base):]).partition("/")
+            if s3_held is not None and bucket == self.bucket and key in s3_held:
+                return s3_held[key]
             try:
                 return bytes(self.s3.get_object(Bucket=bucket, Key=key)["Body"].read())
             except self.s3.exceptions.NoSuchKey:
