@@ -82,8 +82,8 @@ class Runner:
     def __init__(self, servers: Servers, seed: int, faults: tuple[str, ...] = FAULTS,
                  operations: tuple[int, int] = (10, 40), settle_timeout: float = 60.0,
                  out: TextIO = sys.stdout, on_violation: Callable[[Violation], None] | None = None,
-                 without: tuple[str, ...] = (), fault_plan: tuple[str | None, ...] | None = None
-                 ) -> None:
+                 without: tuple[str, ...] = (), fault_plan: tuple[str | None, ...] | None = None,
+                 world_rounds: int = 25) -> None:
         self.servers = servers
         self.seed = seed
         self.faults = tuple(f for f in faults if self._fault_possible(f, out))
@@ -98,6 +98,10 @@ class Runner:
         self.world_index = 0
         self.world: World | None = None
         self.ops: Operations | None = None
+        #: A fresh world after this many rounds: bounds the checks' cost (published outbox files
+        #: accumulate) and repeats the initial sync under churn.
+        self.world_rounds = world_rounds
+        self.rounds_in_world = 0
         #: Set when nothing more can be learnt (a fresh daemon does not even start).
         self.cannot_go_on = False
 
@@ -175,7 +179,11 @@ class Runner:
     def round(self, index: int, summary: Summary) -> Violation | None:
         rng = random.Random(f"{self.seed}:{index}")
         log: list[str] = []
+        if self.world is not None and self.rounds_in_world >= self.world_rounds:
+            self.world.close()
+            self.world = None
         if self.world is None:
+            self.rounds_in_world = 0
             try:
                 log += self._new_world(index)
             except AssertionError as error:  # harness.Daemon.start: the daemon did not start
@@ -187,6 +195,7 @@ class Runner:
                 return violation
         world, ops = self.world, self.ops
         assert world is not None and ops is not None
+        self.rounds_in_world += 1
         ops.rng = rng
         count = rng.randint(*self.operations)
         fault = rng.choice(self.faults + (None,)) if self.faults else None
@@ -295,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--without", default="", metavar="OPS",
                         help="comma-separated operation kinds to leave out, to look past a known "
                         f"defect (kinds: {','.join(Operations.WEIGHTS)})")
+    parser.add_argument("--world-rounds", type=int, default=25,
+                        help="start a fresh world (trees, state, destinations) after this many rounds")
     parser.add_argument("--stop-on-violation", action="store_true")
     parser.add_argument("--workdir", default=None, help="default: a new directory in $TMPDIR, kept "
                         "when a violation is found")
@@ -350,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                     handle.write(violation.report() + "\n\n")
 
         summary = Runner(servers, seed, faults, (low, high), args.settle_timeout,
-                         on_violation=record, without=without, fault_plan=plan).run(args.rounds, stop_on_violation=args.stop_on_violation)
+                         on_violation=record, without=without, fault_plan=plan, world_rounds=args.world_rounds).run(args.rounds, stop_on_violation=args.stop_on_violation)
     except KeyboardInterrupt:
         print("torture: interrupted", file=sys.stderr)
         return 130
