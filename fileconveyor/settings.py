@@ -115,6 +115,9 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("PERSISTENT_DATA_DB", "persistent_data.db", _text, is_path=True),
     SettingSpec("PID_FILE", "fileconveyor.pid", _text, is_path=True, beside="PERSISTENT_DATA_DB",
                 doc="default: beside the state databases (the original used ~/.fileconveyor.pid)"),
+    SettingSpec("PERSISTENT_DATA_WAL", False, _bool,
+                doc="WAL journal for persistent_data.db: several times faster commits, but a user who "
+                    "may only read it (the web server) can no longer read it (docs/state.md)"),
     SettingSpec("SYNCED_FILES_DB", "synced_files.db", _text, is_path=True),
     SettingSpec("SYNCED_FILES_WAL", False, _bool,
                 doc="WAL journal for synced_files.db: faster commits, but readers must be able to "

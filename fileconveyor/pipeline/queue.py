@@ -178,7 +178,8 @@ class PersistentPipeline:
     """The four lists of persistent_data.db behind one small API; every method is one transaction."""
 
     def __init__(self, path: str, readonly: bool = False) -> None:
-        self.db = Database(path, SCHEMA, SCHEMA_VERSION, readonly=readonly)  # rollback journal: see db.py
+        # journal=None keeps the mode state.prepare() set from PERSISTENT_DATA_WAL (new file: rollback)
+        self.db = Database(path, SCHEMA, SCHEMA_VERSION, readonly=readonly, journal=None)
         if not readonly:
             self._add_missing_columns()
 

@@ -22,7 +22,8 @@ was published is silently gone (`verify` checks 0 rows and reports success). So:
   deleted): a full comparison, never a silent loss of what was published.
 
 `check()` reads only (read-only URIs: `status` and `verify` use it and create nothing);
-`prepare()` runs at daemon start and may write (it gives generations and seeds the index);
+`prepare()` runs at daemon start and may write (it sets the journal modes the settings ask for,
+gives generations and seeds the index);
 `reset_index()` is `fileconveyor upgrade --resync-all`.
 """
 from __future__ import annotations
@@ -151,6 +152,13 @@ def check(settings: Any, *, quick_check: bool = False, pipeline: bool = True) ->
     return warnings
 
 
+def set_pipeline_journal(settings: Any) -> None:
+    """Put persistent_data.db in the journal mode PERSISTENT_DATA_WAL asks for; PersistentPipeline
+    keeps whatever mode the file has, so this is the one place that chooses it."""
+    journal = Journal.WAL if settings.PERSISTENT_DATA_WAL else Journal.ROLLBACK
+    Database(settings.PERSISTENT_DATA_DB, (), None, journal=journal, check=False).close()
+
+
 def open_synced_files(settings: Any, *, readonly: bool = False) -> SyncedFiles:
     """synced_files.db as the settings want it (SYNCED_FILES_WAL): the one way the daemon opens it,
     so that no caller switches its journal mode back and forth."""
@@ -214,6 +222,7 @@ def prepare(settings: Any) -> list[str]:
     if check(settings, quick_check=True):  # the only warning: a damaged index
         # PathScanner moves it aside; done here so that the new index is seeded before the scan.
         pathscanner.PathScanner(settings.FSMONITOR_DB).close()
+    set_pipeline_journal(settings)
     synced = open_synced_files(settings)
     try:
         return _bind_index(settings, synced, reset=False)

@@ -21,7 +21,8 @@ from fileconveyor.pipeline.synced_files import SyncedFiles
 def settings(tmp_path):
     return types.SimpleNamespace(PERSISTENT_DATA_DB=str(tmp_path / "persistent_data.db"),
                                  SYNCED_FILES_DB=str(tmp_path / "synced_files.db"),
-                                 FSMONITOR_DB=str(tmp_path / "fsmonitor.db"), SYNCED_FILES_WAL=False)
+                                 FSMONITOR_DB=str(tmp_path / "fsmonitor.db"), SYNCED_FILES_WAL=False,
+                                 PERSISTENT_DATA_WAL=False)
 
 
 @pytest.fixture
@@ -187,3 +188,17 @@ def test_damage_met_while_running_moves_the_index_aside_so_the_restart_rebuilds(
         assert restarted.count() == 0 and not restarted.rebuilt  # a new file, nothing damaged in it
     finally:
         restarted.close()
+
+
+@pytest.mark.parametrize("wal", [False, True])
+def test_the_journal_of_each_file_follows_its_setting_across_reopens(settings, wal):
+    settings.PERSISTENT_DATA_WAL = settings.SYNCED_FILES_WAL = wal
+    state.prepare(settings)
+    PersistentPipeline(settings.PERSISTENT_DATA_DB).close()  # the daemon's opens keep the mode
+    SyncedFiles(settings.SYNCED_FILES_DB).close()
+    for path in (settings.PERSISTENT_DATA_DB, settings.SYNCED_FILES_DB):
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == ("wal" if wal else "delete")
+        finally:
+            conn.close()
