@@ -202,6 +202,8 @@ class Trip:
             return
         try:
             self.identity = SourceIdentity.of(os.stat(self.path))
+            if conveyor.pipeline.deletion_state(self.path) == "deleted":
+                conveyor.pipeline.forget_deletion(self.path)  # deleted by us after its sync, and back
         except OSError:
             log.debug("%s vanished before it could be synced; its deletion event follows", self.path)
             return

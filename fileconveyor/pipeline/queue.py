@@ -208,10 +208,11 @@ class PersistentPipeline:
             for input_file, event in events:
                 count += 1
                 event = Event(event)
-                # (A 'deleted' row is kept for the DELETED event our own unlink causes; any other
-                # event means the file came back.)
-                conn.execute("DELETE FROM files_to_delete_list WHERE input_file = ? AND "
-                             "(state = 'scheduled' OR ?)", (input_file, event is not Event.DELETED))
+                # A 'deleted' row stays: it is what keeps the DELETED event of our own unlink from
+                # being propagated, and an event that says otherwise may be stale (a rescan that
+                # looked before the unlink). The trip that finds the file back on disk forgets it.
+                conn.execute("DELETE FROM files_to_delete_list WHERE input_file = ? AND state = 'scheduled'",
+                             (input_file,))
                 row = conn.execute("SELECT event FROM pipeline_queue WHERE input_file = ?",
                                    (input_file,)).fetchone()
                 if row is not None:

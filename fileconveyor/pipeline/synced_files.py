@@ -166,7 +166,8 @@ class Upload:
 
     `primary`: this copy's URL is the one recorded in synced_files for (input_file, server): the
     copy of the first rule (in config order) that sends the file there. A non-primary copy is
-    recorded in synced_files only while no row exists yet."""
+    recorded in synced_copies only: a row written by it, even for a moment, could be embedded by a
+    stylesheet processed meanwhile and never requeued."""
 
     input_file: str
     server: str
@@ -193,8 +194,8 @@ def record_uploads(synced: "SyncedFiles", uploads: "list[Upload]") -> None:
                           upload.md5))
             row = conn.execute("SELECT url FROM synced_files WHERE input_file = ? AND server = ?",
                                (upload.input_file, upload.server)).fetchone()
-            if row is not None and not upload.primary:
-                continue
+            if not upload.primary:
+                continue  # only the first rule's copy is ever the recorded URL, not even for a moment
             if row is not None and row[0] == upload.url:
                 continue
             conn.execute(

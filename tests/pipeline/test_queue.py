@@ -128,3 +128,37 @@ def test_synced_files_rows_are_updated_in_place(tmp_path):
     rows = conn.execute("SELECT rowid, input_file, url FROM synced_files ORDER BY rowid").fetchall()
     assert rows == [(1, "/a", "http://x/a_1.css"), (2, "/b", "http://x/b.css")]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_a_stale_event_does_not_lift_the_deleted_by_us_mark(pipeline):
+    """A rescan that looked at a file before fileDeletionDelayAfterSync deleted it may queue a
+    MODIFIED after the unlink. If that lifted the 'deleted by us' mark, the DELETED that follows was
+    propagated and the file existed nowhere (torture suite, seed 6 rounds 22 and 27)."""
+    from fileconveyor.pipeline.queue import SourceIdentity
+    pipeline.schedule_deletion("/s/upload.bin", 0.0, SourceIdentity(3, 1, 1))
+    pipeline.mark_deleted_by_us("/s/upload.bin")
+    pipeline.put_many([("/s/upload.bin", M), ("/s/upload.bin", D)])
+    assert pipeline.deletion_state("/s/upload.bin") == "deleted"
+
+
+def test_any_event_cancels_a_scheduled_source_deletion(pipeline):
+    from fileconveyor.pipeline.queue import SourceIdentity
+    pipeline.schedule_deletion("/s/a", 0.0, SourceIdentity(3, 1, 1))
+    pipeline.put_many([("/s/a", M)])
+    assert pipeline.deletion_state("/s/a") is None and pipeline.due_deletions(1e12) == []
+
+
+def test_only_the_first_rules_copy_is_ever_the_recorded_url(tmp_path):
+    """Two rules send a file to one server: a non-primary copy recorded first must not be the row's
+    URL even for a moment (a stylesheet processed meanwhile embedded it: torture F16)."""
+    from fileconveyor.pipeline.synced_files import Upload, record_uploads
+    synced = SyncedFiles(str(tmp_path / "synced_files.db"))
+    try:
+        record_uploads(synced, [Upload("/s/a.png", "cdn", "cdn/a_123.png", "a_123.png", "http://x/cdn/a_123.png", False)])
+        assert synced.url("/s/a.png", "cdn") is None
+        record_uploads(synced, [Upload("/s/a.png", "cdn", "plain/a.png", "a.png", "http://x/plain/a.png", True)])
+        assert synced.url("/s/a.png", "cdn") == "http://x/plain/a.png"
+        record_uploads(synced, [Upload("/s/a.png", "cdn", "cdn/a_456.png", "a_456.png", "http://x/cdn/a_456.png", False)])
+        assert synced.url("/s/a.png", "cdn") == "http://x/plain/a.png"
+    finally:
+        synced.close()
