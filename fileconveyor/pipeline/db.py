@@ -375,9 +375,10 @@ class Database:
         same time share them instead of queueing for one each. Nobody reads while a group is
         open, so no one sees changes that are not yet durable.
 
-        With `retry`, BEGIN and COMMIT are retried in place while BUSY (or disk full with the
-        transaction still open); when SQLite has rolled the transaction back itself, a
-        DatabaseUnavailable is raised (nothing of the group was written). Prefer `write()`."""
+        COMMIT is retried in place while BUSY (or disk full with the transaction still open), and
+        with `retry` BEGIN too (`write()` backs off without holding the connection instead); when
+        SQLite has rolled the transaction back itself, a DatabaseUnavailable is raised (nothing of
+        the group was written). Prefer `write()`."""
         if self.readonly:
             raise DatabaseError(f"{self.path} was opened read-only", self.path)
         me = threading.get_ident()
@@ -439,7 +440,7 @@ class Database:
                     self._cond.wait()
         if not hand_over:
             try:
-                self._step("COMMIT", retry)
+                self._step("COMMIT", True)  # always safe in place: the group's work stays
             except BaseException as error:
                 if self._conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):  # the original error is what matters
