@@ -39,7 +39,7 @@ from fileconveyor.settings import Settings
 from fileconveyor.fsmonitor import Event, FSEvent, Monitor
 from fileconveyor.fsmonitor import get_monitor
 from fileconveyor.httpd import StatusEndpoint
-from fileconveyor.metrics import Metrics
+from fileconveyor.metrics import Metrics, large_uploads
 from fileconveyor.pipeline.db import degraded
 from fileconveyor.pipeline.queue import PAUSED, Item, PersistentPipeline, SourceIdentity
 from fileconveyor.pipeline.synced_files import SyncedFiles, Upload, clear_requeues, pending_requeues, record_uploads
@@ -268,7 +268,8 @@ class Arbitrator:
                                                             sum(blocked.values()))
         status["servers"] = {
             name: {"paused": pool.paused_reason, "paused_since": pool.paused_since,
-                   "busy": pool.busy, "queued": pool.queued, "files_waiting": blocked.get(name, 0)}
+                   "busy": pool.busy, "queued": pool.queued, "files_waiting": blocked.get(name, 0),
+                   "large_uploads": large_uploads(pool)}
             for name, pool in self.pools.items()}
         return status
 

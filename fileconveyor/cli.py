@@ -326,6 +326,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 since = state_.get("paused_since")
                 print(f"  server {server} is PAUSED" + (f" for {time.time() - since:.0f} s" if since else "")
                       + f" ({state_.get('files_waiting', 0)} file(s) wait for it): {state_['paused']}")
+        for server, state_ in sorted(runtime.get("servers", {}).items()):
+            for upload in state_.get("large_uploads", []):
+                print(f"  server {server}: {statusview.large_upload_line(upload, time.time())}")
         for database in runtime.get("databases_degraded", []):
             print(f"  database {database['path']}: {database['problem']} for {time.time() - database['since']:.0f} s,"
                   f" writes retried ({database['attempts']} attempt(s)): {database['detail']}")

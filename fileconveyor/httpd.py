@@ -307,8 +307,13 @@ function render(s) {
   const names = Object.keys(Object.assign({}, s.synced || {}, servers)).sort();
   fill("servers", names.map(function (name) {
     const st = servers[name] || {};
-    const state = st.paused ? "PAUSED for " + duration(now - (st.paused_since || now)) + ": " + st.paused
-                            : (s.running ? "active" : "stopped");
+    let state = st.paused ? "PAUSED for " + duration(now - (st.paused_since || now)) + ": " + st.paused
+                          : (s.running ? "active" : "stopped");
+    (st.large_uploads || []).forEach(function (u) {
+      state += "; uploading " + u.remote + ": " + (u.sent === null ? bytes(u.size) + ", progress unknown" :
+        bytes(u.sent) + " of " + bytes(u.size) + " (" + (100 * u.sent / u.size).toFixed(0) + " %)") +
+        " in " + duration(now - u.started);
+    });
     return row([name, state, String((st.busy || 0) + (st.queued || 0)), String(st.files_waiting || 0),
                 String(s.synced ? s.synced[name] : "")], ["", st.paused ? "paused" : "active", "num", "num", "num"]);
   }));

@@ -15,6 +15,7 @@ Names follow Prometheus conventions: `fileconveyor_` prefix, base units, `_total
 from __future__ import annotations
 
 import collections
+import os
 import statistics
 import threading
 import time
@@ -27,6 +28,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from fileconveyor.arbitrator import Arbitrator
+    from fileconveyor.pipeline.workers import TransporterPool
 
 #: Transfers last from milliseconds (a local copy) to many minutes (a large object over a slow link).
 TRANSFER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
@@ -36,6 +38,8 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 
 RATE_WINDOW = 60.0
 #: Latencies kept for the status page's median and maximum.
 RECENT_LATENCIES = 200
+#: Uploads at least this large are listed with their progress by `status` and the page.
+LARGE_UPLOAD = 64 * 2**20
 
 
 class Metrics:
@@ -152,6 +156,46 @@ class Progress:
             "latency_median": statistics.median(latencies) if latencies else None,
             "latency_max": max(latencies) if latencies else None,
         }
+
+
+def large_uploads(pool: "TransporterPool") -> list[dict[str, object]]:
+    """The pool's running uploads of LARGE_UPLOAD bytes or more, with how far each has got."""
+    uploads: list[dict[str, object]] = []
+    for task, started in list(pool.running.values()):
+        if task.action != "upload" or not task.local_path:
+            continue
+        try:
+            size = os.stat(task.local_path).st_size
+        except OSError:
+            continue
+        if size >= LARGE_UPLOAD:
+            uploads.append({"remote": task.remote_path, "size": size, "started": started,
+                            "sent": read_position(os.path.realpath(task.local_path))})
+    return uploads
+
+
+def read_position(path: str) -> int | None:
+    """How far this process has read the file at `path` (the furthest offset of its descriptors
+    open on it, from /proc/self/fdinfo), or None where that cannot be known. Every transporter
+    reads its local file front to back (S3's multipart parts too, in order), so this is the
+    upload's progress, ahead of the bytes acknowledged by at most a buffer or a part, without
+    any transporter reporting it."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    furthest: int | None = None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != path:
+                continue
+            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith("pos:"):
+                        furthest = max(furthest or 0, int(line.split()[1]))
+        except (OSError, ValueError):
+            continue
+    return furthest
 
 
 class _StateCollector(Collector):

@@ -68,8 +68,19 @@ def server_line(name: str, state: dict[str, Any], synced: int | None, now: float
         what = f"PAUSED for {duration(now - since) if since else 'a while'}: {state['paused']}"
     else:
         what = "active"
-    return (f"{name}: {what}; {state.get('busy', 0) + state.get('queued', 0)} in flight, "
+    line = (f"{name}: {what}; {state.get('busy', 0) + state.get('queued', 0)} in flight, "
             f"{state.get('files_waiting', 0)} waiting, {'unknown' if synced is None else synced} synced")
+    for upload in state.get("large_uploads", []):
+        line += f"\n    {large_upload_line(upload, now)}"
+    return line
+
+
+def large_upload_line(upload: dict[str, Any], now: float) -> str:
+    """`uploading css/big.iso: 120.0 MiB of 300.0 MiB (40 %) in 45 s`."""
+    sent, total = upload.get("sent"), upload["size"]
+    done = (f"{size(sent)} of {size(total)} ({100 * sent / total:.0f} %)" if sent is not None
+            else f"{size(total)}, progress unknown")
+    return f"uploading {upload['remote']}: {done} in {duration(now - upload['started'])}"
 
 
 def watch_frame(report: dict[str, Any], now: float, width: int = 100) -> list[str]:
@@ -88,7 +99,8 @@ def watch_frame(report: dict[str, Any], now: float, width: int = 100) -> list[st
                  f"failed {report.get('failed')}")
     servers = runtime.get("servers", {})
     for name in sorted(set(report.get("synced", {})) | set(servers)):
-        lines.append("  " + server_line(name, servers.get(name, {}), report.get("synced", {}).get(name), now))
+        lines.extend("  " + line for line in
+                     server_line(name, servers.get(name, {}), report.get("synced", {}).get(name), now).split("\n"))
     failed = report.get("failed_files", [])
     if failed:
         lines.append("  recent failures:")

@@ -65,6 +65,8 @@ class TransporterPool:
         self.server = server
         #: Told (server, action, seconds) after every transfer attempt: the metrics' histogram.
         self._on_timed = on_timed
+        #: Worker thread id -> (its task, when it started): what `status` shows as running now.
+        self.running: dict[int, tuple[TransportTask, float]] = {}
         self._factory = factory
         self._limit = max_connections
         self._global_slots = global_slots
@@ -175,7 +177,11 @@ class TransporterPool:
                         transporter = self._factory()
                     with self._global_slots:
                         started = time.monotonic()
-                        transporter = self._run(transporter, task)
+                        self.running[threading.get_ident()] = (task, time.time())
+                        try:
+                            transporter = self._run(transporter, task)
+                        finally:
+                            del self.running[threading.get_ident()]
                         self._on_timed(self.server, task.action, time.monotonic() - started)
                 finally:
                     with self._cond:

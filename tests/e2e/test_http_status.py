@@ -257,3 +257,31 @@ def test_watch_frame_shows_the_page_facts():
     assert "ftp: PAUSED for 90 s: connection refused; 0 in flight, 120 waiting, 50 synced" in text
     assert "/s/a.css (retryable, 2 attempt(s), next try in 30 s): timed out" in text
     assert all(len(line) <= 60 for line in watch_frame(report, now, width=60))
+
+
+def test_a_large_upload_is_shown_with_how_far_it_has_read(tmp_path):
+    """An upload of 64 MiB or more is listed with the offset its transporter has read to (from
+    /proc/self/fdinfo: no transporter reports progress), for `status`, --watch and the page."""
+    import types
+
+    from fileconveyor.metrics import LARGE_UPLOAD, large_uploads, read_position
+    from fileconveyor.pipeline.workers import TransportTask
+    from fileconveyor.statusview import large_upload_line
+
+    big = tmp_path / "big.iso"
+    with open(big, "wb") as handle:
+        handle.truncate(LARGE_UPLOAD + 2**20)  # sparse: no 65 MiB written to the test's disk
+    small = tmp_path / "small.css"
+    small.write_bytes(b"a{}")
+    pool = types.SimpleNamespace(running={
+        1: (TransportTask("upload", "media/big.iso", str(big), lambda url, error: None), 1000.0),
+        2: (TransportTask("upload", "css/small.css", str(small), lambda url, error: None), 1000.0),
+        3: (TransportTask("delete", "old/big.iso", None, lambda url, error: None), 1000.0)})
+    assert large_uploads(pool) == [{"remote": "media/big.iso", "size": LARGE_UPLOAD + 2**20, "started": 1000.0,
+                                    "sent": None}]  # not open: nothing read yet
+    with open(big, "rb") as reader:
+        reader.read(16 * 2**20)
+        assert read_position(str(big)) == 16 * 2**20
+        (upload,) = large_uploads(pool)
+        assert upload["sent"] == 16 * 2**20
+        assert large_upload_line(upload, 1045.0) == "uploading media/big.iso: 16.0 MiB of 65.0 MiB (25 %) in 45 s"
