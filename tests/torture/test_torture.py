@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import random
+import sqlite3
 import sys
 
 import pytest
@@ -17,8 +19,10 @@ import pytest
 from tests.e2e.harness import REPO
 from tests.servers.moto import MotoServer
 from tests.servers.sshd import SSHServer
+from tests.torture.invariants import compare_state, settle
+from tests.torture.ops import Operations
 from tests.torture.runner import FAULTS, Runner
-from tests.torture.world import Servers
+from tests.torture.world import Servers, World
 
 #: Two fixed seeds; FC_TORTURE_SEED replays another (for both cases).
 SEEDS = (int(os.environ["FC_TORTURE_SEED"]),) * 2 if "FC_TORTURE_SEED" in os.environ else (20261201, 7)
@@ -52,3 +56,41 @@ def test_random_operations_and_faults_leave_every_destination_as_the_model_says(
     if missing:
         pytest.skip(f"{summary.rounds} rounds passed, but without the fault(s) "
                     + "; ".join(f"{f}: {r}" for f, r in missing.items()))
+
+
+def test_the_checks_catch_damage_planted_behind_the_daemons_back(
+        tmp_path: pathlib.Path, sshd_restartable: SSHServer, moto_server: MotoServer) -> None:
+    """The invariants can fail: a synced world, then damage of each kind planted at the
+    destinations and in synced_files, each of which the checks must name."""
+    servers = Servers(tmp_path, sshd_restartable, moto_server, CODE_DIR)
+    world = None
+    try:
+        world = World(servers, 1)
+        ops = Operations(world.model, world.staging, world.outside_file, random.Random(SEEDS[0]))
+        for _ in range(12):
+            ops.op_create()
+        world.start_daemon()
+        problems, view, _seconds = settle(world, world.model, SETTLE_TIMEOUT)
+        assert problems == [], problems
+        held, _ = world.destinations()
+        s3_key = sorted(held["s3"])[0]
+        sftp_path = sorted(held["sftp"])[0]
+        world.stop_daemon()
+        pathlib.Path(world.local, "plain", "planted.txt").write_bytes(b"x")
+        pathlib.Path(world.local, "plain", ".n1.txt.fctmp-0123456789ab").write_bytes(b"half")
+        world.s3.delete_object(Bucket=world.bucket, Key=s3_key)
+        sftp_file = pathlib.Path(world.sftp_root, sftp_path)
+        sftp_file.write_bytes(sftp_file.read_bytes() + b"!")
+        connection = sqlite3.connect(world.setup.db("synced_files.db"))
+        with connection:
+            connection.execute("UPDATE synced_files SET url = url || '?stale' WHERE server = 'sftp'")
+        connection.close()
+        found, _view = compare_state(world, world.model)
+    finally:
+        if world is not None:
+            world.close()
+        servers.close()
+    text = "\n".join(found)
+    for expected in ("local: 2 extra", "planted.txt", ".fctmp-", f"s3: 1 missing, e.g. ['{s3_key}']",
+                     f"sftp: {sftp_path} holds", "synced_files: ", "?stale"):
+        assert expected in text, f"{expected!r} not reported:\n{text}"
