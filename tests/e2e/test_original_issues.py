@@ -184,21 +184,24 @@ def _change_counter(path: str) -> int:
 
 def test_recorder_batches_a_burst_and_waits_out_a_readers_lock(tmp_path: pathlib.Path) -> None:
     setup = write_config(tmp_path)
-    names = [f"burst/f{i}.txt" for i in range(40)]  # below MAX_FILES_IN_PIPELINE: all can upload
+    names = [f"burst/f{i}.txt" for i in range(40)]  # below MAX_FILES_IN_PIPELINE: all in flight at once
     expected = {os.path.join(setup.source, name) for name in names}
     with _daemon(setup) as daemon:
         before = _change_counter(setup.db("synced_files.db"))
-        # A reader (the Drupal module, sqlite3 in a shell) holding its SHARED lock: the daemon's
-        # commit to synced_files.db cannot complete until the reader is done.
+        # A reader (the Drupal module, sqlite3 in a shell) holding its SHARED lock: no commit to
+        # synced_files.db completes until it is done, and once the recorder waits to commit, no
+        # other reader of the file gets in either: trips that read it wait too.
         reader = sqlite3.connect(setup.db("synced_files.db"), isolation_level=None)
         reader.execute("BEGIN")
         assert reader.execute("SELECT COUNT(*) FROM synced_files").fetchone() == (0,)
         try:
             for name in names:
                 _write(os.path.join(setup.source, name), name)
-            wait_for(lambda: len(os.listdir(os.path.join(setup.dest, "burst"))) == len(names)
-                     if os.path.isdir(os.path.join(setup.dest, "burst")) else False,
-                     60, "every file uploaded while the records wait for the reader")
+            burst = os.path.join(setup.dest, "burst")
+            # Every path in flight, and at least one upload done: its record waits for the reader.
+            wait_for(lambda: counts(setup)["pipeline_queue"] == 0 and counts(setup)["pipeline_list"] > 0
+                     and os.path.isdir(burst) and len(os.listdir(burst)) > 0,
+                     60, "the burst in flight with an upload done while the reader holds its lock")
             assert _change_counter(setup.db("synced_files.db")) == before, "a record got past the reader's lock"
         finally:
             reader.execute("COMMIT")
@@ -206,7 +209,8 @@ def test_recorder_batches_a_burst_and_waits_out_a_readers_lock(tmp_path: pathlib
         wait_for(lambda: synced_inputs(setup) == expected and _all_queues_empty(setup), 60,
                  "every upload recorded once the reader let go")
         commits = _change_counter(setup.db("synced_files.db")) - before
-        assert commits <= 5, f"{commits} commits for {len(names)} records: the recorder does not batch"
+        print(f"{commits} commits to synced_files.db for {len(names)} records")
+        assert commits <= len(names) // 2, f"{commits} commits for {len(names)} records: the recorder does not batch"
         failed = query(setup.db("persistent_data.db"), "SELECT COUNT(*) FROM failed_files_list")
         assert failed == [(0,)]
         assert daemon.terminate() == 0
