@@ -12,9 +12,13 @@ import json
 import os
 import pathlib
 import sqlite3
+import subprocess
+import sys
+import time
 
+from fileconveyor.reconcile import QUEUE_BATCH
 from tests.e2e.harness import (
-    Daemon, counts, query, synced_inputs, wait_for, wait_in_sync, write_config,
+    REPO, Daemon, counts, query, synced_inputs, wait_for, wait_in_sync, write_config,
 )
 from tests.e2e.remote_trees import add_servers
 from tests.e2e.test_daemon import cli
@@ -138,3 +142,40 @@ def test_usage_errors_and_a_server_that_cannot_be_reached(tmp_path):
     assert "local: 0 object(s) listed; 1 unrecorded" in result.stdout  # the other server is done
     assert "Traceback" not in result.stderr
     assert counts(setup)["pipeline_queue"] == 1
+
+
+def test_kill_9_during_a_reconcile_loses_nothing(tmp_path):
+    """SIGKILL while reconcile has queued some batches and not others: a second run queues the
+    rest (events merge), and the daemon then syncs every file exactly as after one run."""
+    setup = write_config(tmp_path, processors=COPY)
+    total = 3 * QUEUE_BATCH + 17
+    for i in range(total):
+        directory = pathlib.Path(setup.source, f"d{i // 500}")
+        directory.mkdir(exist_ok=True)
+        (directory / f"f{i}.txt").write_text(str(i))
+    child = subprocess.Popen([sys.executable, "-m", "fileconveyor", "reconcile", "--config", setup.config],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, PYTHONPATH=REPO))
+    queued_at_kill = 0
+    try:
+        deadline = time.monotonic() + 60
+        while child.poll() is None and time.monotonic() < deadline:
+            if os.path.exists(setup.db("persistent_data.db")):
+                queued_at_kill = counts(setup)["pipeline_queue"]
+                if queued_at_kill:
+                    child.kill()
+                    break
+            time.sleep(0.002)  # polling interval of the bounded wait above
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(30)
+    print(f"killed with {queued_at_kill} of {total} queued (returncode {child.returncode})")
+    code, again = reconcile_json(setup.config)
+    assert code == 0, again
+    assert counts(setup)["pipeline_queue"] == total
+    with Daemon(setup) as daemon:
+        wait_in_sync(setup, daemon, timeout=180)
+        assert daemon.terminate() == 0
+    code, last = reconcile_json(setup.config)
+    assert code == 0 and last["counts"] == {} and last["listed"] == total, last
