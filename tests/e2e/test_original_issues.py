@@ -214,3 +214,37 @@ def test_recorder_batches_a_burst_and_waits_out_a_readers_lock(tmp_path: pathlib
         failed = query(setup.db("persistent_data.db"), "SELECT COUNT(*) FROM failed_files_list")
         assert failed == [(0,)]
         assert daemon.terminate() == 0
+
+
+# --- #2: the whole daemon idle on a synced tree -----------------------------------------------------
+
+IDLE_FILES = int(os.environ.get("FC_IDLE_FILES", "5000"))  # 100000 for the original's tree size
+#: CPU seconds the whole daemon may use per second of idleness (2 % of one core).
+IDLE_CPU_SHARE = 0.02
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.slow
+def test_2_the_whole_daemon_idles_near_zero_cpu_on_a_synced_tree(tmp_path: pathlib.Path) -> None:
+    setup = write_config(tmp_path, settings={"FILE_LOGGER_LEVEL": "INFO", "MAX_FILES_IN_PIPELINE": "500"})
+    for d in range(-(-IDLE_FILES // 100)):
+        directory = os.path.join(setup.source, f"d{d:04}")
+        os.mkdir(directory)
+        for f in range(min(100, IDLE_FILES - d * 100)):
+            with open(os.path.join(directory, f"f{f}.txt"), "w") as handle:
+                handle.write("x")
+    with _daemon(setup) as daemon:
+        wait_for(lambda: len(synced_inputs(setup)) == IDLE_FILES and _all_queues_empty(setup),
+                 max(120, IDLE_FILES / 50), f"{IDLE_FILES} files synced")
+        window = 3.0
+        before, started = _cpu_seconds(daemon.pid), time.monotonic()
+        time.sleep(window)  # measuring CPU over a span of idleness, not waiting for anything
+        used = _cpu_seconds(daemon.pid) - before
+        elapsed = time.monotonic() - started
+        print(f"idle CPU of the whole daemon on {IDLE_FILES} synced files: {used:.2f} s over {elapsed:.1f} s")
+        assert used <= IDLE_CPU_SHARE * elapsed + 0.02, f"{used:.2f} s of CPU in {elapsed:.1f} s of idleness"
+        assert daemon.terminate() == 0
