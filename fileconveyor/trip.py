@@ -47,7 +47,7 @@ from fileconveyor.pipeline.queue import PAUSED, Item, SourceIdentity, retry_dela
 from fileconveyor.pipeline.synced_files import copies_of, forget_copies, forget_file, recorded_content, copies_with_expiry, expire_copies
 from fileconveyor.pipeline.workers import TransportTask
 from fileconveyor.processors.base import ProcessorChain, ProcessorContext, ProcessorError, WaitForFiles
-from fileconveyor.transporters.base import SourceVanishedError, TransporterError
+from fileconveyor.transporters.base import ObjectOptions, SourceVanishedError, TransporterError
 
 if TYPE_CHECKING:
     from fileconveyor.arbitrator import Arbitrator
@@ -96,6 +96,10 @@ class PlannedUpload:
     url: str | None = None
     #: Size and MD5 of `local`, recorded with the copy (verify and reconcile compare listings).
     content: Fingerprint | None = None
+    #: The uploads of one output and its siblings to one destination: the destination counts as
+    #: done (for a retry) only once all of them are recorded.
+    group: "list[PlannedUpload] | None" = None
+    recorded: bool = False
 
 
 def done_key(rule: Rule, server: str, remote: str) -> str:
@@ -103,12 +107,13 @@ def done_key(rule: Rule, server: str, remote: str) -> str:
     return f"{rule.key}|{server}|{remote}"
 
 
-def _done_entry(done: "frozenset[str] | set[str]", rule: Rule, server: str) -> tuple[bool, str | None]:
-    """(is this rule's destination on `server` done?, its remote path if known)."""
+def _done_entry(done: "frozenset[str] | set[str]", rule: Rule, server: str) -> tuple[bool, list[str] | None]:
+    """(is this rule's destination on `server` done?, the remote paths it holds there if known:
+    the output and any sibling a processor made, such as a pre-compressed copy)."""
     prefix = f"{rule.key}|{server}|"
-    for entry in done:
-        if entry.startswith(prefix):
-            return True, entry[len(prefix):]
+    remotes = [entry[len(prefix):] for entry in done if entry.startswith(prefix)]
+    if remotes:
+        return True, remotes
     if f"{rule.key}|{server}" in done:  # written before remote paths were remembered
         return True, None
     return False, None
@@ -218,14 +223,15 @@ class Trip:
             chain = conveyor.chains[rule.key]
             destinations = []
             for destination in rule.destinations:
-                finished, remote = _done_entry(self.done, rule, destination.server)
+                finished, remotes = _done_entry(self.done, rule, destination.server)
                 if not finished:
                     destinations.append(destination)
                     self.wanted.setdefault(destination.server, set())
-                elif remote is None:
+                elif remotes is None:
                     self.wanted[destination.server] = None
                 else:
-                    self._want(destination.server, remote)
+                    for remote in remotes:
+                        self._want(destination.server, remote)
             if not destinations:
                 continue
             if not chain.processor_classes:
@@ -286,7 +292,16 @@ class Trip:
                 conveyor.pipeline.set_dependencies(self.path, destination.server, context.dependencies)
             intents: list[tuple[str, str, str]] = []
             tasks: list[tuple[str, TransportTask]] = []
-            self._plan_uploads(rule, destinations, output, intents, tasks)
+            if context.extra_outputs:
+                for destination in destinations:  # each destination's output and siblings as one group
+                    group: list[PlannedUpload] = []
+                    self._plan_uploads(rule, [destination], output, intents, tasks, group=group)
+                    for extra in context.extra_outputs:
+                        self._plan_uploads(rule, [destination], extra.path, intents, tasks, group=group,
+                                           extra=ObjectOptions(typed_as=os.path.basename(output),
+                                                               content_encoding=extra.content_encoding))
+            else:
+                self._plan_uploads(rule, destinations, output, intents, tasks)
             conveyor.start_uploads(intents, tasks)
             self._settle(unit)
 
@@ -295,7 +310,11 @@ class Trip:
     # --- 3. uploads and their records ------------------------------------------------------------
 
     def _plan_uploads(self, rule: Rule, destinations: list[Destination], output: str,
-                      intents: list[tuple[str, str, str]], tasks: list[tuple[str, TransportTask]]) -> None:
+                      intents: list[tuple[str, str, str]], tasks: list[tuple[str, TransportTask]],
+                      group: "list[PlannedUpload] | None" = None, extra: ObjectOptions | None = None) -> None:
+        """Plan the upload of `output` to each destination. `extra`: it is a sibling a processor
+        made (never the recorded URL: primary is False), with these object options; `group`: the
+        list the uploads of one destination's output and siblings share."""
         source = self.conveyor.config.sources[rule.source]
         basename = os.path.basename(output)
         content = fingerprint.of_file(output)
@@ -303,7 +322,7 @@ class Trip:
             server = destination.server
             remote = routing.remote_path(destination, source, self.path, basename)
             key = done_key(rule, server, remote)
-            primary = self._primary_rule.get(server) == rule.key
+            primary = extra is None and self._primary_rule.get(server) == rule.key
             self._want(server, remote)
             recorded = recorded_content(self.conveyor.synced, self.path, server, remote)
             if content is not None and recorded is not None and recorded[:2] == content \
@@ -322,13 +341,17 @@ class Trip:
                     planned.primary = planned.primary or primary
                     continue
             unit = self._open_unit(f"upload to {server}:{remote}")
-            planned = PlannedUpload(unit, server, remote, basename, output, [key], primary, content=content)
+            planned = PlannedUpload(unit, server, remote, basename, output, [key], primary, content=content,
+                                    group=group)
+            if group is not None:
+                group.append(planned)
             with self._lock:
                 self._planned[(server, remote)] = planned
+            options = destination.options.merged(extra) if extra is not None else destination.options
             intents.append((self.path, server, remote))
             tasks.append((server, TransportTask("upload", remote, output,
                                                 functools.partial(self._uploaded, planned),
-                                                destination.options or None)))
+                                                options or None)))
 
     def _uploaded(self, planned: PlannedUpload, url: str | None, error: TransporterError | None) -> None:
         if isinstance(error, SourceVanishedError) and self._source_vanished():
@@ -350,7 +373,12 @@ class Trip:
         self.conveyor.metrics.uploaded(planned.server, planned.content.size if planned.content else None,
                                        self.item.queued_at)
         with self._lock:
-            self.done.update(planned.done_keys)
+            planned.recorded = True
+            if planned.group is None:
+                self.done.update(planned.done_keys)
+            elif all(member.recorded for member in planned.group):
+                for member in planned.group:
+                    self.done.update(member.done_keys)
         self._settle(planned.unit)
 
     def record_failed(self, planned: PlannedUpload, error: BaseException) -> None:

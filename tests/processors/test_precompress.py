@@ -128,8 +128,6 @@ def test_nginx_serves_the_siblings_to_clients_that_ask(tmp_path: pathlib.Path, n
     assert server.get("static/app.css").headers["content-type"].startswith("text/css")
 
 
-@pytest.mark.xfail(strict=True, reason="the arbitrator does not upload ProcessorContext.extra_outputs yet "
-                                       "(issue 11 item 3: the lead's part in trip.py); remove this mark then")
 def test_daemon_publishes_siblings_that_nginx_serves(tmp_path: pathlib.Path, nginx_static) -> None:  # type: ignore[no-untyped-def]
     setup = write_config(tmp_path, processors=("precompress.Gzip", "precompress.Brotli"))
     (pathlib.Path(setup.source) / "css").mkdir()
