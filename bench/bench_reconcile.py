@@ -8,8 +8,8 @@ synced_files.db that records every copy with its size and MD5: the steady state,
 must read all three streams to the end and find nothing to do. Then runs
 `fileconveyor reconcile --dry-run --json` in a child process and reports its wall time, CPU time
 and peak RSS (VmHWM of the child, read by itself at exit), and the counts it found. On the
-local destination a second run adds N/100 objects nobody recorded and deletes N/100 recorded ones,
-as a check that the figures are those of real work.
+local destination a second run adds 100 files nobody recorded and deletes 100 recorded ones, as a
+check that the figures are those of real work.
 
 Prints figures; asserts nothing (benchmarks are figures, not pass/fail timings).
 """
@@ -127,7 +127,7 @@ def bench_local(work: pathlib.Path, source: pathlib.Path, names: list[str]) -> N
     for i in range(0, len(names), step):
         (dest / f"extra/x{i}.txt").parent.mkdir(exist_ok=True)
         (dest / f"extra/x{i}.txt").write_text("x")
-    print("local, 1% missing + 1% unknown:", json.dumps(run_reconcile(config)))
+    print("local, 100 missing + 100 unknown:", json.dumps(run_reconcile(config)))
     shutil.rmtree(dest)
 
 
