@@ -389,7 +389,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         log.warning("Not logging to %s (%s); messages go to the console only", config.settings.LOG_FILE, error)
     try:
         status = reconcile(config, servers=args.server or None, dry_run=args.dry_run,
-                           delete_unknown=args.delete_unknown, as_json=args.json, out=sys.stdout)
+                           delete_unknown=args.delete_unknown, as_json=args.json, out=sys.stdout,
+                           deep=args.deep)
         if not args.dry_run:
             _wake_daemon(config)
         return status
@@ -470,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete-unknown", action="store_true",
                    help="also delete objects under a destination path that File Conveyor did not put there")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.add_argument("--deep", action="store_true",
+                   help="where a listing gives no hash (local, SFTP, FTP), read copies back: finds copies changed "
+                        "at the same size, and adopts identical files without uploading them")
     p.set_defaults(func=cmd_reconcile)
     p = sub.add_parser("upgrade", parents=[common],
                        help="bring state databases to the current schema (--resync-all, --*-db: see "

@@ -317,10 +317,14 @@ class _Queue:
 
 
 class Reconciler:
-    def __init__(self, config: Config, dry_run: bool = False, delete_unknown: bool = False) -> None:
+    def __init__(self, config: Config, dry_run: bool = False, delete_unknown: bool = False,
+                 deep: bool = False) -> None:
         self.config = config
         self.dry_run = dry_run
         self.delete_unknown = delete_unknown
+        #: Read copies back where the listing gives no MD5 (local, SFTP, FTP): to find copies
+        #: changed without a change of size, and to adopt identical files.
+        self.deep = deep
         self.now = time.time()
 
     def transporter_for(self, server: str) -> Transporter:
@@ -370,14 +374,20 @@ class Reconciler:
             if entry is not None:
                 result.listed += 1
             if rs:
-                self._recorded(server, remote, rs, entry, queue, result)
+                self._recorded(server, remote, rs, entry, transporter, queue, result)
             elif es:
                 self._unrecorded(server, remote, es, entry, conn, transporter, queue, spool, result)
             elif entry is not None:
                 self._unexplained(server, entry, transporter, result)
 
+    def _md5_of(self, entry: RemoteEntry, transporter: Transporter) -> str | None:
+        """The listed MD5, or with --deep the copy read back (where the transporter can)."""
+        if entry.md5 is not None or not self.deep or not transporter.can_read_back:
+            return entry.md5
+        return transporter.read_back_md5(entry.path)
+
     def _recorded(self, server: str, remote: str, rs: list[Recorded], entry: RemoteEntry | None,
-                  queue: _Queue, result: ServerResult) -> None:
+                  transporter: Transporter, queue: _Queue, result: ServerResult) -> None:
         for copy in rs:
             if not os.path.lexists(copy.input_file):
                 result.found("orphaned", f"{copy.input_file} -> {remote}")
@@ -392,6 +402,8 @@ class Reconciler:
                 queue.put(copy.input_file, Event.MODIFIED, forget_content=True)
                 continue
             why = fingerprint.difference(copy.size, copy.md5, entry)
+            if why is None and copy.md5 is not None and entry.md5 is None and self.deep:
+                why = fingerprint.difference(None, copy.md5, entry, self._md5_of(entry, transporter))
             if why is not None:
                 result.found("different", f"{copy.input_file} -> {remote}: {why}")
                 queue.put(copy.input_file, Event.MODIFIED, forget_content=True)
@@ -406,9 +418,10 @@ class Reconciler:
                     result.found("unrecorded", f"{item.source_path} (processed)")
                     queue.put(item.source_path, Event.MODIFIED)
                 continue
-            if entry is not None and entry.md5 is not None and not entry.temporary:
-                content = fingerprint.of_file(item.source_path)
-                if content is not None and content.size == entry.size and content.md5 == entry.md5:
+            content = fingerprint.of_file(item.source_path) if entry is not None and not entry.temporary \
+                and (entry.md5 is not None or self.deep) else None
+            if entry is not None and content is not None and content.size == entry.size:
+                if content.md5 == self._md5_of(entry, transporter):
                     result.found("adopted", f"{item.source_path} -> {remote}")
                     spool.write(json.dumps([item.source_path, remote, self.config.rules.index(item.rule),
                                             content.size, content.md5]) + "\n")
@@ -492,7 +505,8 @@ def _has_row(conn: sqlite3.Connection, input_file: str, server: str) -> bool:
 
 
 def reconcile(config: Config, servers: list[str] | None = None, dry_run: bool = False,
-              delete_unknown: bool = False, as_json: bool = False, out: TextIO | None = None) -> int:
+              delete_unknown: bool = False, as_json: bool = False, out: TextIO | None = None,
+              deep: bool = False) -> int:
     """Reconcile `servers` (default: every server a rule sends to); print the summary.
 
     Exit status: 0 when every server was reconciled (with --dry-run: and nothing was found to
@@ -506,7 +520,7 @@ def reconcile(config: Config, servers: list[str] | None = None, dry_run: bool = 
         if name not in config.servers:
             raise ReconcileError(f"unknown server {name!r}; the config has: {', '.join(sorted(config.servers))}")
     chosen = servers or used
-    reconciler = Reconciler(config, dry_run=dry_run, delete_unknown=delete_unknown)
+    reconciler = Reconciler(config, dry_run=dry_run, delete_unknown=delete_unknown, deep=deep)
     results = [reconciler.run(server) for server in chosen]
     if as_json:
         json.dump({"dry_run": dry_run, "servers": [r.as_dict() for r in results]}, out, indent=1, sort_keys=True)

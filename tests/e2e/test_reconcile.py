@@ -179,3 +179,25 @@ def test_kill_9_during_a_reconcile_loses_nothing(tmp_path):
         assert daemon.terminate() == 0
     code, last = reconcile_json(setup.config)
     assert code == 0 and last["counts"] == {} and last["listed"] == total, last
+
+
+def test_deep_adopts_identical_files_of_a_directory_filled_by_another_tool(tmp_path):
+    """A web root that rsync filled: its listing has no hash, so only --deep (reading copies back)
+    can tell identical files; they are recorded, and the daemon uploads only the others."""
+    setup = write_config(tmp_path)
+    for i in range(10):
+        pathlib.Path(setup.source, f"f{i}.txt").write_text(f"file {i}")
+        if i < 8:
+            pathlib.Path(setup.dest, f"f{i}.txt").write_text(f"file {i}")
+    pathlib.Path(setup.dest, "f8.txt").write_text("FILE 8")  # same size, other bytes
+    code, shallow = reconcile_json(setup.config, "--dry-run")
+    assert code == 1 and shallow["counts"] == {"unrecorded": 10}, shallow
+    code, deep = reconcile_json(setup.config, "--deep")
+    assert code == 0 and deep["counts"] == {"adopted": 8, "unrecorded": 2}, deep
+    with Daemon(setup) as daemon:
+        wait_in_sync(setup, daemon)
+        assert daemon.terminate() == 0
+    uploads = [line for line in open(setup.log_file, encoding="utf-8") if "Synced " in line]
+    assert len(uploads) == 2, uploads
+    assert not os.path.islink(os.path.join(setup.dest, "f0.txt"))  # the adopted copy stays as it was
+    assert os.path.islink(os.path.join(setup.dest, "f8.txt"))
