@@ -54,7 +54,8 @@ def cli(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
 def test_metrics_move_during_a_sync_and_agree_with_synced_files(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    setup = write_config(tmp_path, settings={"HTTP_ADDRESS": f"127.0.0.1:{port}"})
+    setup = write_config(tmp_path, processors=("tests.e2e.processors.Copy",),
+                         settings={"HTTP_ADDRESS": f"127.0.0.1:{port}"})
     count = 1500
     sizes = 0
     for i in range(count):
@@ -83,6 +84,11 @@ def test_metrics_move_during_a_sync_and_agree_with_synced_files(tmp_path):
         assert final[("fileconveyor_completed_files_total", ())] == count
         assert final[("fileconveyor_transfer_duration_seconds_count", (("action", "upload"), ("server", "local")))] == count
         assert final[("fileconveyor_server_paused", (("server", "local"),))] == 0
+        processed = {labels: value for (name, labels), value in final.items()
+                     if name == "fileconveyor_processed_files_total"}
+        assert list(processed.values()) == [count] and dict(next(iter(processed)))["outcome"] == "ok", processed
+        assert sum(value for (name, _labels), value in final.items()
+                   if name == "fileconveyor_processor_seconds_total") > 0
         assert final[("fileconveyor_pipeline_waiting_files", ())] == 0
         assert ("fileconveyor_process_resident_memory_bytes", ()) in final
         assert ("fileconveyor_startup_scan_seconds", ()) in final
