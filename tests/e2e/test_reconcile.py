@@ -4,7 +4,10 @@
   identical objects are recorded without being uploaded again, different and missing ones are
   queued, foreign objects stay (until --delete-unknown).
 * Copies deleted, truncated or left unrecorded behind File Conveyor's back, and a row whose source
-  is gone, are found and repaired while the daemon runs.
+  is gone, are found and repaired while the daemon runs (local); deleted, truncated and foreign
+  files on SFTP (sshd); an object altered at the same size on Swift (found by its ETag).
+* `--deep` adopts identical files of a directory another tool filled; `kill -9` mid-way loses
+  nothing.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from tests.e2e.test_daemon import cli
 from tests.e2e.test_verify_content import send_only_to_s3
 from tests.servers._loopback import free_port
 from tests.servers.moto import FAKE_KEY_ID, FAKE_SECRET, MotoServer
+from tests.servers.sshd import SSHServer
+from tests.servers.swift import SwiftServer
 
 COPY = ("tests.e2e.processors.Copy",)
 
@@ -201,3 +206,54 @@ def test_deep_adopts_identical_files_of_a_directory_filled_by_another_tool(tmp_p
     assert len(uploads) == 2, uploads
     assert not os.path.islink(os.path.join(setup.dest, "f0.txt"))  # the adopted copy stays as it was
     assert os.path.islink(os.path.join(setup.dest, "f8.txt"))
+
+
+def _sync_then_damage(setup, servers: dict, damage) -> dict:
+    """Sync 10 files to `servers` (instead of the local one), stop, `damage()` the destination
+    around File Conveyor, reconcile; the JSON of the one server."""
+    add_servers(setup, servers, keep_local=False)
+    for i in range(10):
+        pathlib.Path(setup.source, "s", f"f{i}.txt").parent.mkdir(exist_ok=True)
+        pathlib.Path(setup.source, "s", f"f{i}.txt").write_text(f"content {i}")
+    with Daemon(setup) as daemon:
+        wait_for(lambda: len(synced_inputs(setup)) == 10 and not any(counts(setup).values()),
+                 timeout=120, what="10 files synced")
+        assert daemon.terminate() == 0
+    damage()
+    code, found = reconcile_json(setup.config)
+    assert code == 0, found
+    return found
+
+
+def test_sftp_copies_deleted_or_truncated_are_found(tmp_path, sshd: SSHServer):
+    setup = write_config(tmp_path)
+    root = sshd.new_root()
+
+    def damage() -> None:
+        (root / "s" / "f1.txt").unlink()
+        (root / "s" / "f2.txt").write_text("cut")
+        (root / "s" / "stray.txt").write_text("not ours")
+
+    found = _sync_then_damage(setup, {"sftp": ("sftp", sshd.settings(root), 2)}, damage)
+    assert found["counts"] == {"missing": 1, "different": 1, "unknown": 1}, found
+    assert found["listed"] == 10 and found["queued"] == 2
+
+
+def test_swift_objects_altered_at_the_same_size_are_found_by_their_etag(tmp_path, swift: SwiftServer):
+    import swiftclient
+
+    setup = write_config(tmp_path)
+    container = swift.new_container()
+
+    def damage() -> None:
+        connection = swiftclient.Connection(authurl=swift.auth_url, user=swift.user, key=swift.key,
+                                            auth_version="1", timeout=30, retries=0)
+        try:
+            connection.put_object(container, "s/f3.txt", contents=b"CONTENT 3")
+            connection.delete_object(container, "s/f4.txt")
+        finally:
+            connection.close()
+
+    found = _sync_then_damage(setup, {"swift": ("cloudfiles", swift.settings(container), 2)}, damage)
+    assert found["counts"] == {"missing": 1, "different": 1}, found
+    assert "content differs" in found["examples"]["different"][0]
