@@ -25,7 +25,7 @@ from tests.e2e.harness import (
 )
 from tests.e2e.remote_trees import add_servers
 from tests.e2e.test_daemon import cli
-from tests.e2e.test_verify_content import send_only_to_s3
+from tests.e2e.test_verify_content import send_only_to_s3, sync_files
 from tests.servers._loopback import free_port
 from tests.servers.moto import FAKE_KEY_ID, FAKE_SECRET, MotoServer
 from tests.servers.sshd import SSHServer
@@ -212,13 +212,7 @@ def _sync_then_damage(setup, servers: dict, damage) -> dict:
     """Sync 10 files to `servers` (instead of the local one), stop, `damage()` the destination
     around File Conveyor, reconcile; the JSON of the one server."""
     add_servers(setup, servers, keep_local=False)
-    for i in range(10):
-        pathlib.Path(setup.source, "s", f"f{i}.txt").parent.mkdir(exist_ok=True)
-        pathlib.Path(setup.source, "s", f"f{i}.txt").write_text(f"content {i}")
-    with Daemon(setup) as daemon:
-        wait_for(lambda: len(synced_inputs(setup)) == 10 and not any(counts(setup).values()),
-                 timeout=120, what="10 files synced")
-        assert daemon.terminate() == 0
+    sync_files(setup, "s", [(f"f{i}.txt", f"content {i}") for i in range(10)])
     damage()
     code, found = reconcile_json(setup.config)
     assert code == 0, found

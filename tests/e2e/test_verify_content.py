@@ -65,17 +65,23 @@ def send_only_to_s3(setup: Setup, moto_server: MotoServer, bucket: str) -> None:
                 keep_local=False)
 
 
+def sync_files(setup: Setup, directory: str, files: list[tuple[str, str]]) -> None:
+    """Write `files` (name, text) into `directory` of the source, run the daemon until every one
+    is recorded and nothing waits, stop it."""
+    (pathlib.Path(setup.source) / directory).mkdir(exist_ok=True)
+    for name, text in files:
+        pathlib.Path(setup.source, directory, name).write_text(text)
+    with Daemon(setup) as daemon:
+        wait_for(lambda: len(synced_inputs(setup)) == len(files) and not any(counts(setup).values()),
+                 timeout=120, what=f"{len(files)} files synced")
+        assert daemon.terminate() == 0
+
+
 def test_s3_objects_overwritten_or_deleted_are_reported_from_one_listing(
         tmp_path, moto_server: MotoServer, s3_bucket: str):
     setup = write_config(tmp_path)
     send_only_to_s3(setup, moto_server, s3_bucket)
-    for i in range(30):
-        pathlib.Path(setup.source, "d", f"f{i:02}.txt").parent.mkdir(exist_ok=True)
-        pathlib.Path(setup.source, "d", f"f{i:02}.txt").write_text(f"object {i:02}")
-    with Daemon(setup) as daemon:
-        wait_for(lambda: len(synced_inputs(setup)) == 30 and not any(counts(setup).values()),
-                 timeout=120, what="30 files synced to S3")
-        assert daemon.terminate() == 0
+    sync_files(setup, "d", [(f"f{i:02}.txt", f"object {i:02}") for i in range(30)])
     s3 = moto_server.client()
     s3.put_object(Bucket=s3_bucket, Key="d/f03.txt", Body=b"OBJECT 03")  # same size
     s3.delete_object(Bucket=s3_bucket, Key="d/f04.txt")
