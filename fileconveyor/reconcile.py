@@ -18,6 +18,7 @@ grow with the number of files (see bench/bench_reconcile.py). What each combinat
 | R, not in L | `missing` | the source is queued (MODIFIED) |
 | R and L, other size or MD5 | `different` | the source is queued (MODIFIED) |
 | R whose source file is gone | `orphaned` | queued as DELETED: the daemon deletes the copy and the row |
+| R kept as an old version for its grace period | (in order) | nothing: the daemon deletes it when the period ends |
 | R whose source no rule sends here now | `unmanaged` | listed only (as the daemon does) |
 | E, not in R | `unrecorded` | queued (MODIFIED); or, for a file without processors whose object in L has the same size and MD5, the copy is recorded as it is: `adopted` |
 | L only | `unknown` | listed; deleted with `--delete-unknown` |
@@ -127,6 +128,9 @@ class Recorded:
     input_file: str
     size: int | None
     md5: str | None
+    #: An old version kept for its grace period (`keepOldVersionsFor`): the daemon deletes it when
+    #: the period ends; reconcile leaves it alone.
+    expiring: bool = False
 
 
 def source_files(config: Config, source: Source) -> Iterator[str]:
@@ -189,6 +193,7 @@ def recorded_copies(conn: sqlite3.Connection, config: Config, server: str) -> It
     the rows that have no recorded copy (written by older versions), placed through the config."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(synced_copies)")}
     columns = ", ".join(name if name in present else "NULL" for name, _ in COPY_FINGERPRINT_COLUMNS)
+    columns += ", delete_after IS NOT NULL" if "delete_after" in present else ", 0"
 
     def chunks() -> Iterator[Recorded]:
         if not present:
@@ -389,6 +394,8 @@ class Reconciler:
     def _recorded(self, server: str, remote: str, rs: list[Recorded], entry: RemoteEntry | None,
                   transporter: Transporter, queue: _Queue, result: ServerResult) -> None:
         for copy in rs:
+            if copy.expiring:
+                continue
             if not os.path.lexists(copy.input_file):
                 result.found("orphaned", f"{copy.input_file} -> {remote}")
                 queue.put(copy.input_file, Event.DELETED)

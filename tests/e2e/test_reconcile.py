@@ -251,3 +251,19 @@ def test_swift_objects_altered_at_the_same_size_are_found_by_their_etag(tmp_path
     found = _sync_then_damage(setup, {"swift": ("cloudfiles", swift.settings(container), 2)}, damage)
     assert found["counts"] == {"missing": 1, "different": 1}, found
     assert "content differs" in found["examples"]["different"][0]
+
+
+def test_an_old_version_kept_for_its_grace_period_is_left_to_the_daemon(tmp_path):
+    setup = write_config(tmp_path)
+    pathlib.Path(setup.source, "a.txt").write_text("a")
+    with Daemon(setup) as daemon:
+        wait_in_sync(setup, daemon)
+        assert daemon.terminate() == 0
+    # As keepOldVersionsFor leaves a deleted file: its copy stays, marked for deletion later.
+    gone = os.path.join(setup.source, "gone.txt")
+    pathlib.Path(setup.dest, "gone.txt").write_text("old version")
+    with sqlite3.connect(setup.db("synced_files.db")) as conn:
+        conn.execute("INSERT INTO synced_copies(input_file, server, remote_path, url, delete_after) "
+                     "VALUES (?, 'local', 'gone.txt', 'http://x/gone.txt', ?)", (gone, time.time() + 3600))
+    code, found = reconcile_json(setup.config)
+    assert code == 0 and found["counts"] == {} and found["queued"] == 0, found
