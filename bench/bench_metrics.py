@@ -18,6 +18,8 @@ HTTP_ADDRESS, in the same run, figures printed (nothing passes or fails).
   measured in this process instead, with the daemon's own `Metrics` object: the calls one
   uploaded file makes (transfer timed, uploaded with size and latency, trip completed), timed
   over 200,000 files, beside the daemon's wall time per file in the "no endpoint" rounds.
+* The endpoint's own cost, less noisy than whole syncs on a shared machine: the daemon's CPU
+  per /metrics and per /status request once it is synced and idle (its idle CPU subtracted).
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from core_daemon import (  # noqa: E402
     build_tree,
     cpu_seconds,
     synced_and_empty,
+    wait_cpu_idle,
     wait_for,
     warm_read,
 )
@@ -122,6 +125,40 @@ def counting_seconds_per_file(files: int = 200_000) -> float:
     return (time.perf_counter() - started) / files
 
 
+def request_costs(work: str, tree: str, files: int, timeout: float) -> tuple[float, float]:
+    """Daemon CPU seconds per /metrics and per /status request, on the synced, idle daemon (its
+    own idle CPU over the same time subtracted); /status requests 1.1 s apart, past its cache."""
+    port = free_port()
+    setup = harness.write_config(os.path.join(work, "run-requests"),
+                                 settings={"FILE_LOGGER_LEVEL": "INFO", "HTTP_ADDRESS": f"127.0.0.1:{port}"})
+    url = f"http://127.0.0.1:{port}"
+    with borrowed_tree(tree, setup):
+        daemon = Daemon(setup)
+        try:
+            daemon.start()
+            wait_for(lambda: synced_and_empty(setup, files), timeout, "the sync", alive=daemon.alive)
+            wait_cpu_idle(daemon.pid, 120)
+            started, before = time.monotonic(), cpu_seconds(daemon.pid)
+            time.sleep(5.0)  # the idle rate (status thread) over a fixed window
+            idle_rate = (cpu_seconds(daemon.pid) - before) / (time.monotonic() - started)
+
+            def cost(path: str, count: int, gap: float) -> float:
+                started, before = time.monotonic(), cpu_seconds(daemon.pid)
+                for _ in range(count):
+                    with urllib.request.urlopen(url + path, timeout=30) as response:
+                        response.read()
+                    time.sleep(gap)
+                spent = cpu_seconds(daemon.pid) - before - idle_rate * (time.monotonic() - started)
+                return max(0.0, spent) / count
+
+            return cost("/metrics", 100, 0.0), cost("/status", 15, 1.1)
+        finally:
+            try:
+                daemon.stop()
+            finally:
+                daemon.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=5000)
@@ -150,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 figures[label].append((seconds, cpu))
                 print(f"  round {round_ + 1} {label:<24} {seconds:7.2f} s {args.files / seconds:8.1f} files/s "
                       f"CPU {cpu:6.2f} s  load {os.getloadavg()[0]:.2f}  {note}", flush=True)
+        per_metrics, per_status = request_costs(work, tree, args.files, args.sync_timeout)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
@@ -170,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     if base_rate:
         line += f", {100 * hooks * base_rate:.2f} % of the daemon's wall time per file (no endpoint)"
     print(line)
+    print(f"daemon CPU per request: /metrics {per_metrics * 1e3:.1f} ms, /status {per_status * 1e3:.1f} ms; "
+          f"a scrape every 15 s plus one status page open (/status every 2 s): "
+          f"{100 * (per_metrics / 15 + per_status / 2):.2f} % of one core")
     return 0
 
 
