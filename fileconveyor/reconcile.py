@@ -188,43 +188,50 @@ def _expected_for(config: Config, rule: Rule, destination: Any, source: Source) 
         yield Expected(remote, path, rule, bool(rule.processors))
 
 
-def recorded_copies(conn: sqlite3.Connection, config: Config, server: str) -> Iterator[Recorded]:
-    """R: the copies of `server` in remote path order, CHUNK rows per query (keyset), merged with
-    the rows that have no recorded copy (written by older versions), placed through the config."""
+def copy_stream(conn: sqlite3.Connection, server: str) -> Iterator[Recorded]:
+    """The recorded copies of `server` in remote path order, CHUNK rows per query (keyset pages:
+    each a short read, never a lock held while the listing is fetched)."""
     present = {row[1] for row in conn.execute("PRAGMA table_info(synced_copies)")}
+    if not present:
+        return
     columns = ", ".join(name if name in present else "NULL" for name, _ in COPY_FINGERPRINT_COLUMNS)
     columns += ", delete_after IS NOT NULL" if "delete_after" in present else ", 0"
-
-    def chunks() -> Iterator[Recorded]:
-        if not present:
-            return
-        last: tuple[str, str] = ("", "")
-        while True:  # keyset pages: ends when a page is short
-            rows = conn.execute(
-                f"SELECT remote_path, input_file, {columns} FROM synced_copies WHERE server = ? AND "
-                f"(remote_path, input_file) > (?, ?) ORDER BY remote_path, input_file LIMIT {CHUNK}",
-                (server, *last)).fetchall()
-            for row in rows:
-                yield Recorded(*row)
-            if len(rows) < CHUNK:
-                return
-            last = (rows[-1][0], rows[-1][1])
-
-    legacy = []
-    try:
+    last: tuple[str, str] = ("", "")
+    while True:  # ends when a page is short
         rows = conn.execute(
+            f"SELECT remote_path, input_file, {columns} FROM synced_copies WHERE server = ? AND "
+            f"(remote_path, input_file) > (?, ?) ORDER BY remote_path, input_file LIMIT {CHUNK}",
+            (server, *last)).fetchall()
+        for row in rows:
+            yield Recorded(*row)
+        if len(rows) < CHUNK:
+            return
+        last = (rows[-1][0], rows[-1][1])
+
+
+def rows_without_copies(conn: sqlite3.Connection, server: str) -> list[tuple[str, str]]:
+    """(input_file, transported basename) of the rows of `server` that have no recorded copy
+    (written by older versions or by the original), whose place only the config tells."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(synced_copies)")}
+    try:
+        return conn.execute(
             "SELECT input_file, transported_file_basename FROM synced_files f WHERE server = ? AND NOT EXISTS "
             "(SELECT 1 FROM synced_copies c WHERE c.input_file = f.input_file AND c.server = f.server)"
             if present else "SELECT input_file, transported_file_basename FROM synced_files WHERE server = ?",
             (server,)).fetchall()
     except sqlite3.Error:  # no synced_files table yet: nothing recorded
-        rows = []
-    # Rows of older versions have no copy: placed through the config (bounded by their number).
-    for input_file, basename in rows:
+        return []
+
+
+def recorded_copies(conn: sqlite3.Connection, config: Config, server: str) -> Iterator[Recorded]:
+    """R: the copies of `server` in remote path order, merged with the rows without a recorded
+    copy, placed through the config (in memory: bounded by the number of such rows)."""
+    legacy = []
+    for input_file, basename in rows_without_copies(conn, server):
         for remote in routing.remote_paths_on_server(config, input_file, server, basename)[:1]:
             legacy.append(Recorded(remote, input_file, None, None))
     legacy.sort(key=lambda r: listing_key(r.remote_path))
-    return heapq.merge(chunks(), legacy, key=lambda r: listing_key(r.remote_path))
+    return heapq.merge(copy_stream(conn, server), legacy, key=lambda r: listing_key(r.remote_path))
 
 
 def listing_prefixes(config: Config, conn: sqlite3.Connection, server: str) -> list[str]:
