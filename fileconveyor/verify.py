@@ -90,8 +90,8 @@ def _check_server(config: Config, server: str, deep: bool = False) -> ServerRepo
             for remote in routing.remote_paths_on_server(config, input_file, server, basename):
                 legacy.setdefault(remote, []).append(input_file)
         unseen = {f for files in legacy.values() for f in files}
-        missing: set[str] = set()
-        different: list[tuple[str, str, str]] = []
+        missing: dict[str, list[str]] = {}  # input file -> its copies not listed
+        different: list[tuple[str, str, str, tuple[int | None, str | None]]] = []
         if transporter.can_list:
             found = reconcile.merged((), reconcile.copy_stream(conn, server),
                                      reconcile.listed(transporter, reconcile.listing_prefixes(config, conn, server)))
@@ -102,17 +102,23 @@ def _check_server(config: Config, server: str, deep: bool = False) -> ServerRepo
                 unseen.difference_update(legacy[remote])
             for copy in copies:
                 if entry is None:
-                    missing.add(copy.input_file)
+                    missing.setdefault(copy.input_file, []).append(remote)
                     continue
                 read_back = None
                 if deep and entry.md5 is None and copy.md5 is not None and transporter.can_read_back:
                     read_back = transporter.read_back_md5(remote)
                 why = fingerprint.difference(copy.size, copy.md5, entry, read_back)
                 if why is not None:
-                    different.append((copy.input_file, remote, why))
-        missing |= unseen
-        report.missing = [_row(conn, f, server) for f in sorted(missing)]
-        report.different = [(_row(conn, f, server), remote, why) for f, remote, why in different]
+                    different.append((copy.input_file, remote, why, (copy.size, copy.md5)))
+        # The daemon may record, replace or delete copies while the listing is read: what looks
+        # wrong is looked at again (a request per problem, not per file).
+        gone = {f for f, remotes in missing.items()
+                if any(_still_recorded(conn, f, server, r) and not transporter.exists(r) for r in remotes)}
+        gone |= {f for f in unseen
+                 if not any(transporter.exists(r) for r, files in legacy.items() if f in files)}
+        report.missing = [_row(conn, f, server) for f in sorted(gone)]
+        report.different = [(_row(conn, f, server), remote, why) for f, remote, why, content in different
+                            if _still_recorded(conn, f, server, remote, content)]
     except TransporterError as error:
         report.problems.append(f"{server}: cannot check: {error}")
     except sqlite3.Error as error:
@@ -134,6 +140,17 @@ def _each_copy(transporter: Transporter, conn: sqlite3.Connection, server: str, 
             RemoteEntry(copy.remote_path, -1) if present else None
     for remote in legacy:
         yield remote, (), [], RemoteEntry(remote, -1) if transporter.exists(remote) else None
+
+
+def _still_recorded(conn: sqlite3.Connection, input_file: str, server: str, remote: str,
+                    content: tuple[int | None, str | None] | None = None) -> bool:
+    """Is the copy still recorded (with the (size, md5) it was compared with, if given)? A copy
+    replaced or forgotten meanwhile is not reported."""
+    # Only a difference found needs the columns (a file from before them has none to compare).
+    row = conn.execute(f"SELECT {'size, md5' if content is not None else '1'} FROM synced_copies "
+                       "WHERE input_file = ? AND server = ? AND remote_path = ?",
+                       (input_file, server, remote)).fetchone()
+    return row is not None and (content is None or tuple(row) == content)
 
 
 def _row(conn: sqlite3.Connection, input_file: str, server: str) -> SyncedFile:
