@@ -6,7 +6,8 @@ HTTP_ADDRESS, in the same run, figures printed (nothing passes or fails).
 * The same tree of --files small files (bench/core_daemon.py's build_tree, warm page cache) is
   synced by a fresh daemon (fresh state and destination) per round, to the harness's local
   `symlink_or_copy` server (maxConnections 4), MAX_FILES_IN_PIPELINE 50. Variants alternate
-  round by round (A B A B ...) so that a change in the machine's load hits both alike:
+  (A B B A A B ...) so that a change in the machine's load, and the disk writeback a run leaves
+  to the next one, hit both alike:
   - "no endpoint": HTTP_ADDRESS unset (the counters are still counted: they are always on);
   - "endpoint, scraped": HTTP_ADDRESS on loopback, and this process scrapes /metrics every
     second and fetches /status every 2 s (what the status page does), harder than a Prometheus
@@ -55,8 +56,9 @@ from tests.servers._loopback import free_port  # noqa: E402
 class Scraper:
     """Fetches /metrics every second and /status every 2 s until closed; counts what it got."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, paths: tuple[str, ...] = ("/metrics", "/status")) -> None:
         self.url = url
+        self.paths = paths
         self.scrapes = 0
         self.errors = 0
         self._stop = threading.Event()
@@ -67,7 +69,7 @@ class Scraper:
         tick = 0
         while not self._stop.wait(1.0):
             tick += 1
-            for path in ("/metrics",) + (("/status",) if tick % 2 == 0 else ()):
+            for path in [p for p in self.paths if p == "/metrics" or tick % 2 == 0]:
                 try:
                     with urllib.request.urlopen(self.url + path, timeout=10) as response:
                         response.read()
@@ -81,7 +83,7 @@ class Scraper:
 
 
 def one_sync(work: str, tree: str, files: int, label: str, round_: int, endpoint: bool, code_dir: str,
-             copy: bool, timeout: float) -> tuple[float, float, str]:
+             copy: bool, timeout: float, paths: tuple[str, ...] = ("/metrics", "/status")) -> tuple[float, float, str]:
     root = os.path.join(work, f"run-{round_}-{label.split()[0]}")
     settings = {"FILE_LOGGER_LEVEL": "INFO"}
     port = free_port()
@@ -95,7 +97,7 @@ def one_sync(work: str, tree: str, files: int, label: str, round_: int, endpoint
         try:
             daemon.start()
             if endpoint:
-                scraper = Scraper(f"http://127.0.0.1:{port}")
+                scraper = Scraper(f"http://127.0.0.1:{port}", paths)
             done_at = wait_for(lambda: synced_and_empty(setup, files), timeout, f"{files} synced ({label})",
                                alive=daemon.alive)
             cpu = cpu_seconds(daemon.pid)
@@ -164,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3, help="syncs per variant (alternating)")
     parser.add_argument("--copy", action="store_true", help="copy every file (processor chain) instead of linking")
+    parser.add_argument("--requests", choices=("both", "metrics", "status"), default="both",
+                        help="what the scraper fetches: /metrics every second and /status every 2 s (both)")
     parser.add_argument("--sync-timeout", type=float, default=900.0)
     parser.add_argument("--dir", default=None, help="parent of the work directory (default: $TMPDIR)")
     args = parser.parse_args(argv)
     work = tempfile.mkdtemp(prefix="fc-bench-metrics-", dir=args.dir)
     variants = [("no endpoint", False, REPO), ("endpoint, scraped", True, REPO)]
+    paths = {"both": ("/metrics", "/status"), "metrics": ("/metrics",), "status": ("/status",)}[args.requests]
     try:
         tree = os.path.join(work, "tree")
         build_tree(tree, args.files)
@@ -177,10 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.files} files, {args.rounds} round(s), {os.cpu_count()} cores, "
               f"{'copy' if args.copy else 'symlink'} mode", flush=True)
         for round_ in range(args.rounds):
-            for label, endpoint, code_dir in variants:
+            # A B, then B A: whichever runs second also meets the first one's disk writeback.
+            for label, endpoint, code_dir in (variants if round_ % 2 == 0 else variants[::-1]):
                 try:
                     seconds, cpu, note = one_sync(work, tree, args.files, label, round_, endpoint, code_dir,
-                                                  args.copy, args.sync_timeout)
+                                                  args.copy, args.sync_timeout, paths)
                 except BenchError as error:
                     print(f"  round {round_ + 1} {label:<24} FAILED: {error}", flush=True)
                     continue

@@ -264,8 +264,7 @@ class Arbitrator:
         status["databases_degraded"] = [dataclasses.asdict(d) for d in degraded()]
         counts = self.pipeline.counts()
         blocked = self.pipeline.blocked_counts()
-        status["progress"] = self.metrics.progress.snapshot(counts["waiting"] + counts["in_flight"],
-                                                            sum(blocked.values()))
+        status["progress"] = self.metrics.pipeline_state(counts, blocked, self.synced)
         status["servers"] = {
             name: {"paused": pool.paused_reason, "paused_since": pool.paused_since,
                    "busy": pool.busy, "queued": pool.queued, "files_waiting": blocked.get(name, 0),

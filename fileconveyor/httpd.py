@@ -12,6 +12,9 @@ Why it is shaped like this:
   arbitrator starts and stops it, so a self-restart releases the port before binding it again.
 * /status is `fileconveyor status --json`, computed the same way (read-only database connections
   and the runtime status file), so the page, scripts and the command can never disagree.
+* Without a token, a request whose Host header is not a loopback address or `localhost` is
+  refused (DNS rebinding: a page elsewhere must not read the status through a name that resolves
+  to 127.0.0.1).
 * The page has no external assets (it must work on an air-gapped host) and renders every value
   with textContent, never as HTML: file names and error messages come from the outside world.
 """
@@ -132,6 +135,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         endpoint = self.server.endpoint
         path = self.path.split("?", 1)[0]
+        if not endpoint.host_allowed(self.headers.get("Host")):
+            self._send(403, "text/plain; charset=utf-8",
+                       b"this endpoint answers only to its own address (Host header); set HTTP_TOKEN to serve others\n")
+            return
         if path == "/":
             self._send(200, "text/html; charset=utf-8", PAGE.encode("utf-8"))
             return
@@ -207,6 +214,21 @@ class StatusEndpoint:
             self._server.shutdown()
             self._thread.join(5)
         self._server.server_close()
+
+    def host_allowed(self, header: str | None) -> bool:
+        """Without a token, only requests addressed to a loopback name: a web page the user opens
+        elsewhere must not read the status through DNS rebinding (a name of the attacker's that
+        resolves to 127.0.0.1). With a token, the token is the protection."""
+        if self._token is not None:
+            return True
+        host = (header or "").strip().lower()
+        host = host[1:host.find("]")] if host.startswith("[") else host.rpartition(":")[0] if ":" in host else host
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     def authorized(self, header: str | None) -> bool:
         if self._token is None:

@@ -6,8 +6,9 @@ Why it is shaped like this:
   names twice or mix the figures of two arbitrators.
 * Events are counted where they happen with one call each (an increment takes a lock for well
   under a microsecond); everything that already exists as state (queue sizes, paused servers, the
-  monitor's overflows) is read at scrape time by `_StateCollector`, so an idle daemon with nobody
-  scraping pays nothing and the figures can never drift from the databases.
+  monitor's overflows) is read at scrape time by `_StateCollector`; the pipeline's counts are the
+  ones the status thread reads once a second anyway, so a scrape never touches a database (a
+  scrape that queried SQLite every second cost a sync several percent of its throughput).
 * `Progress` keeps what the status page and `status --watch` need that Prometheus leaves to its
   server (a rate, an ETA, recent latencies): samples taken by the status thread once a second.
 Names follow Prometheus conventions: `fileconveyor_` prefix, base units, `_total` for counters.
@@ -28,6 +29,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from fileconveyor.arbitrator import Arbitrator
+    from fileconveyor.pipeline.synced_files import SyncedFiles
     from fileconveyor.pipeline.workers import TransporterPool
 
 #: Transfers last from milliseconds (a local copy) to many minutes (a large object over a slow link).
@@ -78,8 +80,19 @@ class Metrics:
             "fileconveyor_startup_scan_seconds",
             "How long the start-up comparison of the trees with the index took", registry=r)
         ProcessCollector(namespace="fileconveyor", registry=r)
-        r.register(_StateCollector(arbitrator))
+        r.register(_StateCollector(arbitrator, self))
         self.progress = Progress()
+        #: The pipeline's counts and the paths blocked per server, as the status thread last read
+        #: them (once a second): a scrape reads no database and never waits for a writer.
+        self.pipeline_counts: dict[str, int] = {}
+        self.blocked_counts: dict[str, int] = {}
+
+    def pipeline_state(self, counts: dict[str, int], blocked: dict[str, int],
+                       synced: "SyncedFiles | None") -> dict[str, object]:
+        """Keep the status thread's counts for scrapes; the progress snapshot for the status."""
+        follow_ups = synced.db.query("SELECT COUNT(*) FROM follow_ups")[0][0] if synced is not None else 0
+        self.pipeline_counts, self.blocked_counts = {**counts, "follow_ups": follow_ups}, blocked
+        return self.progress.snapshot(counts["waiting"] + counts["in_flight"], sum(blocked.values()))
 
     # --- hooks: one call where the event happens ----------------------------------------------
 
@@ -199,28 +212,28 @@ def read_position(path: str) -> int | None:
 
 
 class _StateCollector(Collector):
-    """Gauges read from the arbitrator's state at scrape time (a few COUNT queries)."""
+    """Gauges read from the arbitrator's state at scrape time: the pools' and the monitor's
+    attributes, and the counts the status thread took (no database is read here)."""
 
-    def __init__(self, arbitrator: "Arbitrator") -> None:
+    def __init__(self, arbitrator: "Arbitrator", metrics: Metrics) -> None:
         self._arbitrator = arbitrator
+        self._metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         conveyor = self._arbitrator
-        pipeline = conveyor.pipeline
-        if pipeline is None:
-            return
-        counts = pipeline.counts()
+        counts = self._metrics.pipeline_counts
+        if not counts:
+            return  # not started yet
         for key, name, text in (
                 ("waiting", "waiting", "Paths waiting in pipeline_queue (including those blocked on a paused server)"),
                 ("in_flight", "in_flight", "Paths in flight (pipeline_list)"),
                 ("failed", "failed", "Paths in failed_files_list, waiting for their next try"),
                 ("to_delete", "scheduled_deletions", "Source files scheduled for deletion after sync")):
             yield GaugeMetricFamily(f"fileconveyor_pipeline_{name}_files", text, value=counts[key])
-        if conveyor.synced is not None:
-            follow_ups = conveyor.synced.db.query("SELECT COUNT(*) FROM follow_ups")[0][0]
-            yield GaugeMetricFamily("fileconveyor_pipeline_follow_ups_files",
-                                    "Files to queue again because a URL they embed changed", value=follow_ups)
-        blocked = pipeline.blocked_counts()
+        yield GaugeMetricFamily("fileconveyor_pipeline_follow_ups_files",
+                                "Files to queue again because a URL they embed changed",
+                                value=counts.get("follow_ups", 0))
+        blocked = self._metrics.blocked_counts
         paused = GaugeMetricFamily("fileconveyor_server_paused", "1 while the server is paused", labels=["server"])
         paused_for = GaugeMetricFamily("fileconveyor_server_paused_seconds",
                                        "How long the server has been paused (0 when active)", labels=["server"])

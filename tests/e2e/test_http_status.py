@@ -110,6 +110,15 @@ def test_metrics_move_during_a_sync_and_agree_with_synced_files(tmp_path):
         wait_for(lambda: json.loads(get(url + "/status")[1])["runtime"]["progress"]["completed"] == count,
                  timeout=10, what="the progress in /status")
         assert get(url + "/nothing")[0] == 404
+        for host, expected in ((f"localhost:{port}", 200), (f"[::1]:{port}", 200),
+                               (f"rebound.example:{port}", 403), ("", 403)):
+            request = urllib.request.Request(url + "/status", headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    code = response.status
+            except urllib.error.HTTPError as error:
+                code = error.code
+            assert code == expected, host
 
 
 def test_a_token_is_required_when_configured_and_a_public_address_needs_one(tmp_path):
