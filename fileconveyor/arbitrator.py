@@ -40,6 +40,7 @@ from fileconveyor.fsmonitor import Event, FSEvent, Monitor
 from fileconveyor.fsmonitor import get_monitor
 from fileconveyor.httpd import StatusEndpoint
 from fileconveyor.metrics import Metrics, large_uploads
+from fileconveyor.notify import Webhooks
 from fileconveyor.pipeline.db import degraded
 from fileconveyor.pipeline.queue import PAUSED, Item, PersistentPipeline, SourceIdentity
 from fileconveyor.pipeline.synced_files import SyncedFiles, Upload, clear_requeues, pending_requeues, record_uploads
@@ -105,6 +106,8 @@ class Arbitrator:
         self._processors: concurrent.futures.ThreadPoolExecutor | None = None
         self.metrics = Metrics(self)
         self._endpoint: StatusEndpoint | None = None
+        #: Webhook notifications (fileconveyor/notify.py); never blocks the caller.
+        self.events = Webhooks(config.settings)
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -168,6 +171,7 @@ class Arbitrator:
         if s.HTTP_ADDRESS:
             self._endpoint = StatusEndpoint(self)
             self._endpoint.start()
+        self.events.start()
         log.info("File Conveyor is up: %d source(s), %d server(s), %d rule(s); monitor: %s",
                  len(self.config.sources), len(self.config.servers), len(self.config.rules), self.monitor.name)
 
@@ -211,6 +215,7 @@ class Arbitrator:
             log.warning("%d file(s) still in flight at shutdown; they will be resumed at the next start", left)
         if self._status_writer is not None:
             self._status_writer.join(STATUS_INTERVAL + 1.0)
+        self.events.stop()
         try:
             os.unlink(runtime_status_path(self.settings))
         except OSError:
@@ -263,6 +268,8 @@ class Arbitrator:
             status.update(monitor.runtime_status())
         status["databases_degraded"] = [dataclasses.asdict(d) for d in degraded()]
         counts = self.pipeline.counts()
+        self.events.backlog(counts["waiting"], counts["in_flight"], counts["failed"],
+                            settled=monitor is not None and monitor.is_idle)
         blocked = self.pipeline.blocked_counts()
         status["progress"] = self.metrics.pipeline_state(counts, blocked, self.synced)
         status["servers"] = {
@@ -338,6 +345,7 @@ class Arbitrator:
     def _server_state_changed(self) -> None:
         self._servers_changed.set()
         self._wake.set()
+        self.events.servers_changed({name: pool.paused_reason for name, pool in self.pools.items()})
 
     def wake(self) -> None:
         """Look at the queue now: another process (verify --requeue, reconcile) queued rows."""
@@ -543,6 +551,7 @@ class Arbitrator:
         else:
             log.warning("Sync of %s failed (attempt %d, %s): %s; next try in %.0f s",
                         trip.path, failed.attempts, kind, reason, delay)
+            self.events.file_failed(trip.path, kind, reason, failed.attempts)
 
     def trip_ended(self, trip: Trip) -> None:
         with self._trips_lock:

@@ -23,6 +23,8 @@ import logging
 import os
 from typing import Any, Callable, Mapping
 
+from fileconveyor.notify import EVENTS, parse_webhook_events, parse_webhook_url
+
 
 class SettingError(ValueError):
     """A `<settings>` value that cannot be used; `name` is the setting."""
@@ -173,6 +175,16 @@ SPECS: tuple[SettingSpec, ...] = (
                 doc="file holding that token (first line), kept out of config.xml"),
     SettingSpec("HTTP_HEALTH_PAUSED_MAX", 300.0, _non_negative_float,
                 doc="/healthz answers 503 once a server has been paused this many seconds"),
+    SettingSpec("WEBHOOK_URL", "", parse_webhook_url,
+                doc="http(s) URL that receives a JSON POST per event (contrib/README.md); empty: none"),
+    SettingSpec("WEBHOOK_EVENTS", frozenset(EVENTS), parse_webhook_events,
+                doc="all, or some of: " + ", ".join(EVENTS)),
+    SettingSpec("WEBHOOK_SECRET", "", _text,
+                doc="key of the X-FileConveyor-Signature header (sha256=HMAC-SHA256 of the body); never logged"),
+    SettingSpec("WEBHOOK_BACKLOG_THRESHOLD", 10000, _positive_int,
+                doc="backlog_high is sent when more files than this wait or are in flight"),
+    SettingSpec("WEBHOOK_TIMEOUT", 10.0, _non_negative_float,
+                doc="seconds per webhook request; failed requests are retried with backoff"),
 )
 
 SPECS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SPECS}
