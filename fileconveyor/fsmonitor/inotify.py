@@ -19,7 +19,8 @@ Event mapping (files only; directories stand for the files below them):
 
 * IN_CLOSE_WRITE -> CREATED (unknown to the index) or MODIFIED: a file is reported when it is
   complete, not on every write(). IN_CREATE of a regular file is ignored (its close follows),
-  except for hard links and symlinks, which never get a close.
+  except for hard links and symlinks, which never get a close (a hard link is recognised even
+  when its other name is already gone: see `_file_created`).
 * IN_ATTRIB with a changed mtime/size -> MODIFIED (`touch` forces a resync: the Drupal CDN
   module relies on it). chmod alone changes nothing we record and reports nothing.
 * IN_DELETE -> DELETED (a directory: every file the index knew below it).
@@ -354,13 +355,28 @@ class InotifyMonitor(TreeMonitor):
         return self.is_excluded(path) or (is_dir and path.rpartition("/")[2] in self.ignored_dirs)
 
     def _file_created(self, path: str) -> None:
-        """A new non-directory entry: only links are reported now (they never get a close)."""
+        """A new non-directory entry: only links are reported now (they never get a close).
+
+        A hard link made by link() gets IN_CREATE and nothing else. `st_nlink > 1` alone is not
+        enough to recognise it: link()+unlink() of the other name is the usual "atomic move", and
+        by the time we look the other name may be gone (nlink 1 again; torture F14: the new name
+        was never reported). So a regular file is also reported now when its inode changed after
+        its content did (ctime > mtime): link() and unlink() change an inode's ctime, never its
+        mtime, while a file that open(O_CREAT) just made has ctime == mtime, and every write()
+        moves both together. A writer that chmods its new file before writing it (ctime > mtime)
+        is reported early too; its IN_CLOSE_WRITE follows and reports it MODIFIED, so the
+        complete content is synced in the end. Left out: a link made within the same clock tick
+        as the file's last write (ctime == mtime) whose other name is gone before we look; the
+        next rescan finds it.
+        """
         try:
             st = os.lstat(path)
         except OSError as error:
             log.debug("Created and gone before it could be examined: %s (%s)", path, error)
             return
-        if statmod.S_ISLNK(st.st_mode) or (statmod.S_ISREG(st.st_mode) and st.st_nlink > 1):
+        if statmod.S_ISLNK(st.st_mode) or (
+            statmod.S_ISREG(st.st_mode) and (st.st_nlink > 1 or st.st_ctime_ns > st.st_mtime_ns)
+        ):
             self._file_changed(path, attrib_only=False)
 
     def _file_changed(self, path: str, attrib_only: bool) -> None:
