@@ -25,6 +25,7 @@ elsewhere is refused rather than written through).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -83,8 +84,6 @@ class SymlinkOrCopyTransporter(Transporter):
         self.symlink_within: tuple[str, ...] | None = None if within is None else _directories(within)
         self._pending = PendingTemporaryNames(context.state_dir, context.server_name)
         self._swept = False
-        #: (st_dev of the private temporary directory, its path), once it was made and checked.
-        self._temp_directory: tuple[int, str] | None = None
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, str]) -> list[str]:
@@ -274,25 +273,32 @@ class SymlinkOrCopyTransporter(Transporter):
     def _private_temporary_directory(self) -> tuple[int, str]:
         """(st_dev, path) of `<location>/.fileconveyor-tmp`, made 0700 if missing. Anything else
         at that name (a symlink, another user's directory, one others may enter) is refused: a
-        copy written through it could be read or replaced before it is published."""
-        if self._temp_directory is not None:
-            return self._temp_directory
+        copy written through it could be read or replaced before it is published.
+
+        Checked again on every call (one lstat, plus a mkdir when it is missing): the location
+        may be replaced while the daemon runs (deleted and re-created, a deployment swapping the
+        web root), and a directory that was checked once and cached made every upload fail with
+        ENOENT once it was gone, retried for ever. (Not cached by inode either: a freed inode
+        number is reused at once, even by a symlink someone put in its place.)"""
         path = os.path.join(self.location, TEMP_DIRECTORY)
         try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
+            info = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path, 0o700)
+                info = os.lstat(path)
+            except OSError as error:
+                raise self._classify(error, f"cannot create {path!r}") from None
         except OSError as error:
-            raise self._classify(error, f"cannot create {path!r}") from None
-        info = os.lstat(path)
+            raise self._classify(error, f"cannot examine {path!r}") from None
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() \
                 or info.st_mode & 0o077:
             raise ConfigurationError(
                 f"server {self.context.server_name!r}: {path!r} must be a directory of this user "
                 "with mode 0700 (File Conveyor makes its temporary files there); remove it, or "
                 "fix its owner and mode")
-        self._temp_directory = (info.st_dev, path)
-        return self._temp_directory
+        return info.st_dev, path
 
     def _temporary_directory_for(self, parent: str) -> str | None:
         """The private temporary directory if a rename from it to `parent` stays on one file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import stat
 import subprocess
 import urllib.parse
@@ -139,6 +140,29 @@ def test_a_foreign_temporary_directory_is_refused(tmp_path: pathlib.Path) -> Non
     with pytest.raises(ConfigurationError):
         transporter.probe()
     assert os.listdir(elsewhere) == [] and not (tmp_path / "www" / "a.txt").exists()
+
+
+def test_a_location_replaced_while_running_gets_a_new_private_directory(tmp_path: pathlib.Path) -> None:
+    """Real condition: the web root is deleted and re-created (a deployment) while the daemon
+    runs. The private directory checked at the first upload is gone; every later upload failed
+    with ENOENT, retried for ever. It is made and checked again, and refused if it is foreign."""
+    (tmp_path / "a").write_bytes(b"a")
+    transporter = _transporter(tmp_path)
+    transporter.upload(str(tmp_path / "a"), "a.txt")
+    www = tmp_path / "www"
+    shutil.rmtree(www)
+    www.mkdir()
+    transporter.upload(str(tmp_path / "a"), "sub/a.txt")
+    assert (www / "sub" / "a.txt").read_bytes() == b"a"
+    assert stat.S_IMODE((www / TEMP_DIRECTORY).stat().st_mode) == 0o700
+    shutil.rmtree(www)
+    www.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o777)
+    (www / TEMP_DIRECTORY).symlink_to(elsewhere)
+    with pytest.raises(ConfigurationError, match="mode 0700"):
+        transporter.upload(str(tmp_path / "a"), "b.txt")
+    assert os.listdir(elsewhere) == [] and not (www / "b.txt").exists()
 
 
 @pytest.fixture
