@@ -165,13 +165,23 @@ def test_a_daemon_reports_backlog_initial_sync_and_a_permanent_failure(tmp_path,
     """#94: the initial sync's end is announced; a backlog over the threshold is, once; #70: a file
     that fails permanently is, with its reason."""
     server = receiver(["fail"])
-    setup = write_config(tmp_path, processors=(f"{__name__}.Denied",),
+    # Two `*.held` files fill the pipeline (Gate holds them until `open-gate` exists): the others
+    # wait, so the backlog stays above the threshold until the test opens the gate.
+    setup = write_config(tmp_path, processors=("tests.e2e.processors.Gate", f"{__name__}.Denied"),
                          settings={"WEBHOOK_URL": server.url, "WEBHOOK_SECRET": "hmac-key",
                                    "WEBHOOK_BACKLOG_THRESHOLD": "5", "MAX_FILES_IN_PIPELINE": "2"})
-    for i in range(40):
-        with open(os.path.join(setup.source, f"f{i}.txt"), "w") as handle:
-            handle.write(f"{i}")
+    for name in ("a.held", "b.held"):
+        with open(os.path.join(setup.source, name), "w") as handle:
+            handle.write(name)
     with Daemon(setup) as daemon:
+        wait_for(lambda: all(os.path.exists(os.path.join(setup.root, f"entered-{n}.held")) for n in "ab"),
+                 what="the pipeline held by the two *.held files")
+        for i in range(20):
+            with open(os.path.join(setup.source, f"f{i}.txt"), "w") as handle:
+                handle.write(f"{i}")
+        wait_for(lambda: server.events("backlog_high"), timeout=30, what="backlog_high")
+        assert not server.events("initial_sync_done")
+        open(os.path.join(setup.root, "open-gate"), "w").close()
         wait_in_sync(setup, daemon)
         wait_for(lambda: server.events("initial_sync_done"), timeout=30, what="initial_sync_done")
         [high] = server.events("backlog_high")
