@@ -334,6 +334,7 @@ class Runner:
         from fileconveyor.arbitrator import Arbitrator  # imports backends; keep `--help` fast
 
         how = "is starting"
+        crash: str | None = None
         while not self.stop_requested.is_set():
             arbitrator = Arbitrator(self.config, on_crash=lambda _error: self.wake.set())
             log.warning("File Conveyor %s (PID %d, config %s)", how, os.getpid(), self.config_path)
@@ -351,6 +352,9 @@ class Runner:
                 raise
             self.ready(None)
             self.ready = lambda error: None
+            if crash is not None:  # original #70: tell the administrators about the crash
+                arbitrator.events.emit("daemon_restarted", error=crash, restarts_in_a_row=self.failed_restarts)
+                crash = None
             self.notifier.ready(self._backlog(arbitrator))
             started_at = time.monotonic()
             reloaded = self._serve(arbitrator)
@@ -368,6 +372,7 @@ class Runner:
                 how = "has reloaded its config"
                 continue
             log.critical("File Conveyor stopped after an unexpected error: %s", arbitrator.crash_error)
+            crash = f"{type(arbitrator.crash_error).__name__}: {arbitrator.crash_error}"
             if time.monotonic() - started_at < STABLE_UPTIME:
                 self.failed_restarts += 1  # crashing again soon after a start: back off
             else:

@@ -36,7 +36,8 @@ from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("file_failed", "server_paused", "server_resumed", "initial_sync_done", "backlog_high")
+EVENTS = ("file_failed", "server_paused", "server_resumed", "initial_sync_done", "backlog_high",
+          "daemon_restarted")
 #: Events kept when the receiver is down; the oldest is dropped beyond this.
 QUEUE_SIZE = 1000
 #: Attempts at one POST (1, 2, 4, ... s apart, at most MAX_BACKOFF) before it is dropped.

@@ -215,3 +215,22 @@ def test_a_server_pausing_and_resuming_is_reported_once_each(receiver):
         assert server.events("server_paused")[0]["reason"] == "cannot connect: refused"
     finally:
         hooks.stop()
+
+
+def test_a_crash_and_self_restart_is_reported(tmp_path, receiver):
+    """#70: restart after a crash, *with a notification*: the administrators get `daemon_restarted`
+    with the error once the daemon is up again (a transporter that crashes its thread on purpose)."""
+    hooks = receiver([])
+    setup = write_config(tmp_path, settings={"WEBHOOK_URL": hooks.url, "WEBHOOK_EVENTS": "daemon_restarted"})
+    marker = os.path.join(setup.state, "crash-now")
+    config = open(setup.config).read().replace('transporter="symlink_or_copy"', 'transporter="tests.e2e.crashy"')
+    config = config.replace("</location>", f"</location><crash_marker>{marker}</crash_marker>")
+    open(setup.config, "w").write(config)
+    open(marker, "w").close()
+    with open(os.path.join(setup.source, "a.txt"), "w") as handle:
+        handle.write("a")
+    with Daemon(setup):
+        wait_for(lambda: hooks.events("daemon_restarted"), timeout=60, what="the restart notification")
+        os.remove(marker)
+    [event] = hooks.events("daemon_restarted")[:1]
+    assert "injected crash" in event["error"] and event["restarts_in_a_row"] >= 0
