@@ -37,6 +37,7 @@ from fileconveyor.config import Config, ConfigError, load_config
 from fileconveyor.localfile import ensure_private_directory
 from fileconveyor.settings import Settings
 from fileconveyor.systemd import Notifier
+from fileconveyor.pipeline.db import DatabaseDamaged
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +346,9 @@ class Runner:
                 if how != "is starting":
                     self.failed_restarts += 1
                     log.critical("Restart failed (%d in a row): %s", self.failed_restarts, error, exc_info=True)
+                    if isinstance(error, DatabaseDamaged):
+                        log.critical("A damaged state database is not repaired by restarting; stopping (%s)", error)
+                        return 1
                     if self._wait_for_restart():
                         continue
                     return 1
