@@ -403,6 +403,12 @@ class InotifyMonitor(TreeMonitor):
         if old is None or old.is_dir:
             if attrib_only:
                 return  # the close of a new file is still to come
+            if old is not None:
+                # A directory known here is a file now, and its own deletion was not seen yet (a
+                # move out of the tree waiting for `move_window`, events lost): every file below
+                # it is DELETED first, so that a destination has no directory in the new file's
+                # place when it comes (torture F15's symptom).
+                self.report_deleted_tree(path, None)
             event = Event.CREATED
         elif attrib_only and old == new:
             return  # chmod/chown: nothing we sync changed
@@ -413,7 +419,15 @@ class InotifyMonitor(TreeMonitor):
     def _deleted(self, path: str, is_dir: bool) -> None:
         key = split_key(path)
         old = self.lookup(key)
-        if is_dir or (old is not None and old.is_dir):
+        if is_dir and old is not None and not old.is_dir:
+            # The directory's deletion comes late (a move out expiring after `move_window`): a
+            # later event already made this name a file. Only the rows below it are the
+            # directory's (none, normally: `_file_changed` dropped them); the file's row stays
+            # while there is a file at that name.
+            self.report_deleted_tree(path, None)
+            if not os.path.isfile(path):
+                self.report([FSEvent(path, Event.DELETED)], [(key, None)])
+        elif is_dir or (old is not None and old.is_dir):
             self.report_deleted_tree(path, key)
         elif old is not None:
             self.report([FSEvent(path, Event.DELETED)], [(key, None)])

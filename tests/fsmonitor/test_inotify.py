@@ -224,3 +224,28 @@ def test_hard_link_whose_other_name_is_removed_at_once_is_reported(inotify: Harn
     got.gate.set()
     got.wait_paths({str(new): C, str(original): D})
     inotify.settle(monitor)
+
+
+def test_directory_moved_out_and_replaced_by_a_file_at_once(inotify: Harness, tree: Path, tmp_path: Path) -> None:
+    # A directory moved out of the tree is known to be gone only when its IN_MOVED_FROM finds no
+    # IN_MOVED_TO (`move_window` later). A file written at its name meanwhile was reported while
+    # the rows below the directory stayed: its files were reported DELETED only after the new
+    # file (a destination then has a non-empty directory where the file must go: torture F15's
+    # symptom), and the late deletion of the directory dropped the new file's index row.
+    victim = tree / "d237"
+    (victim / "sub").mkdir(parents=True)
+    inside = [victim / "a.txt", victim / "sub" / "c.txt"]
+    for p in inside:
+        p.write_text("x")
+    got = Collector()
+    monitor = inotify.start(tree, got, move_window=1.0)
+    got.take()
+    os.rename(victim, tmp_path / "outside")
+    victim.write_text("now a file")
+    expected = {str(p): D for p in inside}
+    expected[str(victim)] = C
+    got.wait_paths(expected)
+    inotify.settle(monitor)
+    order = [e.path for e in got.events]
+    assert max(order.index(str(p)) for p in inside) < order.index(str(victim)), got.events
+    assert monitor.lookup((str(tree), "d237")) == (os.stat(victim).st_mtime_ns, len("now a file"), False)
