@@ -301,3 +301,14 @@ def test_the_monitor_reads_the_index_through_its_uncommitted_ops(tmp_path: Path)
         assert monitor.lookup(("/r", "dropped")) is None and monitor.lookup(("/r", "added")) == Entry(2, 2)
     finally:
         monitor.stop()
+
+
+def test_a_path_that_changed_type_deletes_everything_below_and_creates_the_file(diff: Differ) -> None:
+    """dir -> file: every indexed file below (at any depth) DELETED, the file CREATED, its row
+    replacing the directory's; file -> dir: the file DELETED, the files now below it CREATED."""
+    known = {("/r", "d"): DIR_ENTRY, ("/r/d", "a"): Entry(1, 1), ("/r/d", "s"): DIR_ENTRY,
+             ("/r/d/s", "b"): Entry(1, 1), ("/r", "f"): Entry(1, 1)}
+    events, ops = diff({"d": (2, 2), "f": {"c": (3, 3)}}, known)
+    assert events == {("/r/d/a", D), ("/r/d/s/b", D), ("/r/d", C), ("/r/f", D), ("/r/f/c", C)}
+    assert ops == {("/r/d", "a"): None, ("/r/d", "s"): None, ("/r/d/s", "b"): None,
+                   ("/r", "d"): Entry(2, 2), ("/r", "f"): DIR_ENTRY, ("/r/f", "c"): Entry(3, 3)}
