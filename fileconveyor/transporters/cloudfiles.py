@@ -13,7 +13,11 @@ Protocol notes this module is shaped by:
   (422) a body that does not match it.
 * **The URL.** `url_base` if set (a CDN domain, e.g. Rackspace's `https://....rackcdn.com`);
   otherwise the container's public URL, the storage URL from the auth reply + `/container`. That
-  needs the auth reply, so without `url_base` the first `url_for` authenticates (one request).
+  needs an auth reply, but `url_for` is on the hot path (every synced file): the storage URL is
+  learnt once and kept in `cloudfiles-url.json` in the state directory (0600, written atomically,
+  one entry per auth URL, auth version, user, tenant/project and region), so a restart does not
+  authenticate either. Every operation that (re)authenticates compares the connection's storage
+  URL with the cached one and replaces it when the renewed auth moved the account.
   Objects are only readable there if the container is public: `public = true` gives a container
   this transporter creates, or one whose read ACL lacks it, `X-Container-Read: .r:*`.
 * **Retries.** swiftclient's own retry loop is switched off (`retries=0`): the pipeline retries
@@ -35,7 +39,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import logging
+import os
+import tempfile
 import urllib.parse
 from typing import Any, Callable, ClassVar, Iterator, Mapping, TypeVar
 
@@ -122,7 +129,7 @@ class CloudFilesTransporter(Transporter):
         super().__init__(settings, context)
         self._conn: swiftclient.client.Connection | None = None
         self._container_ready = False
-        self._container_url: str | None = None
+        self._storage_url: str | None = None  # learnt or read from the URL cache
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, str]) -> list[str]:
@@ -193,7 +200,10 @@ class CloudFilesTransporter(Transporter):
     def _run(self, action: str, operation: Callable[[swiftclient.client.Connection], T]) -> T:
         conn = self._connection()
         try:
-            return operation(conn)
+            result = operation(conn)
+            if conn.url and conn.url != self._storage_url and not self.settings.get("url_base"):
+                self._remember_storage_url(str(conn.url))  # (re)authenticated: new endpoint?
+            return result
         except TransporterError:
             raise
         except Exception as error:
@@ -257,19 +267,62 @@ class CloudFilesTransporter(Transporter):
 
     # -- URLs ----------------------------------------------------------------------------------------
 
+    URL_CACHE = "cloudfiles-url.json"
+
+    def _url_cache_key(self) -> str:
+        """Who the cached storage URL belongs to: a change of any of these asks again."""
+        parts = [self.settings[key].strip() for key in ("auth_url", "auth_version", "username")]
+        parts += [self.settings.get(key, "").strip() for key in _OS_OPTIONS]
+        return json.dumps(parts)
+
+    def _url_cache_path(self) -> str:
+        return os.path.join(self.context.state_dir, self.URL_CACHE)
+
+    def _read_url_cache(self) -> dict[str, str]:
+        try:
+            with open(self._url_cache_path(), encoding="utf-8") as cache:
+                data = json.load(cache)
+        except (OSError, ValueError):
+            return {}  # none yet, or unreadable: authenticate once and write it again
+        return {k: v for k, v in data.items() if isinstance(v, str)} \
+            if isinstance(data, dict) else {}
+
+    def _remember_storage_url(self, url: str) -> None:
+        """Keep `url` in memory and, atomically and 0600, in the state directory."""
+        self._storage_url = url
+        cache = self._read_url_cache()
+        if cache.get(self._url_cache_key()) == url:
+            return
+        cache[self._url_cache_key()] = url
+        try:
+            os.makedirs(self.context.state_dir, mode=0o700, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(prefix=".cloudfiles-url.", dir=self.context.state_dir)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:  # mkstemp: 0600 already
+                    json.dump(cache, out, indent=1, sort_keys=True)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, self._url_cache_path())
+            except BaseException:
+                os.unlink(temporary)
+                raise
+        except OSError as error:  # only a cache: the next start authenticates once more
+            logger.warning("cannot write the Swift URL cache %s: %s", self._url_cache_path(), error)
+        else:
+            logger.info("Swift storage URL for %s is %s", self.container, url)
+
     def url_for(self, remote_path: str) -> str:
         relative = normalize_remote_path(remote_path)
         base = self.settings.get("url_base", "").strip()
         if base:
             return join_url(base, relative)
-        if self._container_url is None:
-            def storage_url(conn: swiftclient.client.Connection) -> str:
-                url, _token = conn.get_auth()
-                return str(url)
-
-            url = self._run("authentication", storage_url)
-            self._container_url = url.rstrip("/") + "/" + urllib.parse.quote(self.container)
-        return join_url(self._container_url, relative)
+        storage_url = self._storage_url or self._read_url_cache().get(self._url_cache_key())
+        if storage_url is None:
+            storage_url = self._run("authentication", lambda conn: str(conn.get_auth()[0]))
+            self._remember_storage_url(storage_url)
+        self._storage_url = storage_url
+        container_url = storage_url.rstrip("/") + "/" + urllib.parse.quote(self.container)
+        return join_url(container_url, relative)
 
     # -- operations --------------------------------------------------------------------------------
 

@@ -7,8 +7,10 @@ reconnecting after the proxy restarts.
 """
 from __future__ import annotations
 
+import http.server
 import json
 import pathlib
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +21,7 @@ import pytest
 pytest.importorskip("swiftclient")
 
 from fileconveyor.transporters.base import (  # noqa: E402
+    ConfigurationError,
     TransporterContext,
     resolve_transporter,
 )
@@ -186,3 +189,99 @@ def test_check_settings_values(swift: SwiftServer) -> None:
          "container": "a/b"}))
     for expected in ("<auth_url>", "<auth_version>", "<public>", "<container>"):
         assert expected in problems
+
+
+class _AuthProxy:
+    """A loopback tempauth front that counts authentications and can move the storage URL (as
+    a renewed auth may): it asks the real Swift and passes its reply on, with `host` in the
+    X-Storage-Url instead of 127.0.0.1 when set. Storage requests go to Swift directly."""
+
+    def __init__(self, swift: SwiftServer) -> None:
+        self.count = 0
+        self.host: str | None = None
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                proxy.count += 1
+                request = urllib.request.Request(swift.auth_url, headers={
+                    name: value for name, value in self.headers.items()
+                    if name.lower().startswith("x-")})
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310
+                        storage_url = reply.headers["X-Storage-Url"]
+                        token = reply.headers["X-Auth-Token"]
+                except urllib.error.HTTPError as refused:  # bad credentials: pass it on
+                    self.send_response(refused.code)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if proxy.host:
+                    storage_url = storage_url.replace("127.0.0.1", proxy.host)
+                self.send_response(200)
+                for name, value in (("X-Storage-Url", storage_url), ("X-Auth-Token", token),
+                                    ("X-Storage-Token", token), ("Content-Length", "0")):
+                    self.send_header(name, value)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/auth/v1.0"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def auth_proxy(swift: SwiftServer) -> Iterator[_AuthProxy]:
+    proxy = _AuthProxy(swift)
+    yield proxy
+    proxy.stop()
+
+
+def test_url_for_authenticates_once_and_caches_the_url(
+        make, swift: SwiftServer, auth_proxy: _AuthProxy, small_file: str,
+        tmp_path: pathlib.Path) -> None:
+    first = make(auth_url=auth_proxy.url)
+    container = first.container
+    urls = [first.url_for(f"css/{n}.css") for n in range(200)]
+    assert auth_proxy.count == 1
+    assert urls[7] == f"{swift.storage_url}/{container}/css/7.css"
+
+    # A restart: a new instance reads the cache and does not authenticate at all.
+    second = make(auth_url=auth_proxy.url, container=container)
+    assert second.url_for("a.css") == f"{swift.storage_url}/{container}/a.css"
+    assert auth_proxy.count == 1
+    cache = tmp_path / "cloudfiles-url.json"
+    assert cache.stat().st_mode & 0o777 == 0o600
+
+    # A renewed authentication moves the account: the next operation learns the new URL,
+    # url_for uses it, and so does the next start.
+    auth_proxy.host = "localhost"
+    second.close()  # a new connection: it authenticates again
+    moved = swift.storage_url.replace("127.0.0.1", "localhost")
+    assert second.upload(small_file, "b.css") == f"{moved}/{container}/b.css"
+    assert auth_proxy.count == 2
+    assert second.url_for("c.css") == f"{moved}/{container}/c.css"
+    third = make(auth_url=auth_proxy.url, container=container)
+    assert third.url_for("c.css") == f"{moved}/{container}/c.css"
+    assert auth_proxy.count == 2
+    assert moved in cache.read_text()
+
+
+def test_url_cache_unreadable_or_for_other_credentials(
+        make, swift: SwiftServer, auth_proxy: _AuthProxy, tmp_path: pathlib.Path) -> None:
+    (tmp_path / "cloudfiles-url.json").write_text("{not json")
+    first = make(auth_url=auth_proxy.url)
+    assert first.url_for("a.css").startswith(swift.storage_url + "/")
+    assert auth_proxy.count == 1
+    other = make(auth_url=auth_proxy.url, username="test2:tester2")  # another account: no reuse
+    with pytest.raises(ConfigurationError):  # asked tempauth: an unknown user
+        other.url_for("a.css")
+    assert auth_proxy.count == 2
