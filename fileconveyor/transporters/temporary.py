@@ -37,7 +37,7 @@ import time
 import urllib.parse
 from typing import Callable, Iterator
 
-from fileconveyor.transporters.base import PermanentError, is_temporary_name, temporary_name
+from fileconveyor.transporters.base import RetryableError, is_temporary_name, temporary_name
 
 logger = logging.getLogger(__name__)
 
@@ -231,9 +231,11 @@ def _clear_empty_directory(protocol: RenameIntoPlace, target: str) -> bool:
     """After a failed rename onto `target`: True if an empty directory was in the way and is gone
     (try the rename again), False if no directory is there (the rename failed for another reason).
 
-    A file that replaces a directory in the source arrives after the files below the directory
-    were deleted remotely; a directory that is still not empty then (files a rule no longer
-    sends, or someone else's) is the file's PermanentError: retrying cannot help."""
+    A file that replaces a directory in the source may arrive before the deletions of the files
+    below the directory are done: they are other paths' trips, running at the same time (the
+    torture suite's F15). So a directory that is not empty is a RetryableError: the file is
+    retried with backoff, and goes through once they are deleted; if the directory holds files no
+    rule manages (someone else's), the reason says what to do and `status` shows it."""
     if protocol.is_directory is None or protocol.remove_directory is None \
             or not protocol.is_directory(target):
         return False
@@ -241,10 +243,11 @@ def _clear_empty_directory(protocol: RenameIntoPlace, target: str) -> bool:
         protocol.remove_directory(target)
     except Exception as error:  # noqa: BLE001 - decided by looking again, below
         if protocol.is_directory(target):
-            raise PermanentError(
+            raise RetryableError(
                 f"cannot put a file at {target}: a directory that is not empty is in its place "
-                f"on the destination ({error or type(error).__name__}); remove that directory "
-                "on the server (or rename the file), then retry the file") from None
+                f"on the destination ({error or type(error).__name__}); retried while the files "
+                "below it are being deleted; if they are not File Conveyor's, remove that directory "
+                "on the server (or rename the file)") from None
     logger.info("removed the empty directory %s that was in the place of an uploaded file",
                 target)
     return True

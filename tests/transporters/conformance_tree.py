@@ -5,7 +5,8 @@ a module of its own because it grew with issue 9 (know what is on the remote):
 
 * a file that replaces a directory must be accepted once the files below the directory are
   deleted (SFTP and FTP kept the emptied directory, so the final rename failed for ever with a
-  "Failure" classified as retryable); a directory that still holds files is a PermanentError;
+  "Failure" classified as retryable); a directory that still holds files is retryable (the
+  deletions below it are other trips, maybe still running);
 * `list_files` (where `can_list`): globally sorted paths (by UTF-8 bytes, even across nested
   directories: `a-b` < `a/x` < `a0`), right sizes, MD5s where claimed, prefixes, pages,
   temporary names flagged.
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 
 from fileconveyor.transporters.base import (
-    PermanentError,
+    RetryableError,
     RemoteEntry,
     Transporter,
     listing_key,
@@ -114,13 +115,14 @@ class TreeConformance:
         transporter.upload(str(tmp_path / "file"), "e/empty")
         assert harness.read("e/empty") == b"file"
 
-    def test_a_directory_with_files_in_the_way_is_a_permanent_error(
+    def test_a_directory_with_files_in_the_way_is_a_retryable_error(
             self, harness: Any, transporter: Transporter, tmp_path: pathlib.Path) -> None:
         _root(harness)
         (tmp_path / "below").write_bytes(b"still published")
         (tmp_path / "file").write_bytes(b"cannot go there")
         transporter.upload(str(tmp_path / "below"), "n/f.txt")
-        with pytest.raises(PermanentError, match="not empty"):
+        # Retryable: the deletions of the files below are other paths' trips, maybe still running.
+        with pytest.raises(RetryableError, match="not empty"):
             transporter.upload(str(tmp_path / "file"), "n")
         assert harness.read("n/f.txt") == b"still published"
         assert harness.list() == ["n/f.txt"]
