@@ -401,7 +401,9 @@ def profile_run(results: Results, setup: Setup, variant: Variant, files: int, ti
     recorder: subprocess.Popen[bytes] | None = None
     try:
         daemon.start()
-        recorder = subprocess.Popen([py_spy, "record", "--format", "raw", "--nonblocking", "--threads",
+        # FC_PROFILE_GIL=1: only threads holding the GIL (Python CPU), not those waiting in system calls.
+        gil = ["--gil"] if os.environ.get("FC_PROFILE_GIL") else []
+        recorder = subprocess.Popen([py_spy, "record", "--format", "raw", "--nonblocking", "--threads", *gil,
                                      "-r", "100", "-d", str(int(timeout)), "-o", output, "-p", str(daemon.pid)],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         synced = setup.db("synced_files.db")
