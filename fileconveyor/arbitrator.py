@@ -124,9 +124,10 @@ class Arbitrator:
         self._recover_source_deletions()
         self._prepare_working_dir()
         for rule in self.config.rules:
-            chain = ProcessorChain([resolve_processor(name) for name in rule.processors])
-            for cls in chain.processor_classes:
-                cls.check_available()
+            chain = ProcessorChain([resolve_processor(name) for name in rule.processors],
+                                   rule.processor_settings)
+            for cls, settings in zip(chain.processor_classes, chain.settings):
+                cls.check_available_with(settings)
             self.chains[rule.key] = chain
         slots = threading.BoundedSemaphore(s.MAX_SIMULTANEOUS_TRANSPORTERS)
         roots = tuple(src.scan_path for src in self.config.sources.values())

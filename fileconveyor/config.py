@@ -22,7 +22,7 @@ from lxml import etree
 from fileconveyor import settings as settings_module
 from fileconveyor.filter import (CONDITIONS, EXCLUDE, EXCLUDE_CONDITIONS, Filter, FilterError,
                                  in_ignored_dir, is_within, may_overlap, parse_ignored_dirs)
-from fileconveyor.processors.base import (ProcessorNotFound, ProcessorUnavailable,
+from fileconveyor.processors.base import (Processor, ProcessorNotFound, ProcessorUnavailable,
                                           canonical_processor_name, resolve_processor)
 from fileconveyor.settings import SettingError, Settings
 from fileconveyor.transporters.base import (ObjectOptions, TransporterNotFound, canonical_transporter_name,
@@ -103,6 +103,8 @@ class Rule:
     #: Seconds after a sync after which the source file is deleted; None = never.
     deletion_delay: float | None
     line: int = 0
+    #: Each processor's validated settings (child elements of its <processor>), in chain order.
+    processor_settings: tuple[Mapping[str, object], ...] = dataclasses.field(default=(), hash=False)
 
     @property
     def key(self) -> str:
@@ -163,7 +165,7 @@ _SHAPES: dict[str, _Shape] = {
     "pattern": _Shape(has_text=True),
     "size": _Shape(attributes=("conditionType",), required_attributes=("conditionType",), has_text=True),
     "processorChain": _Shape(children=("processor",), repeatable=("processor",)),
-    "processor": _Shape(attributes=("name",), required_attributes=("name",)),
+    "processor": _Shape(attributes=("name",), required_attributes=("name",), children=None),
     "destinations": _Shape(children=("destination",), required_children=("destination",),
                            repeatable=("destination",)),
     # Children: the destination's own object settings, checked against its server's transporter.
@@ -557,9 +559,11 @@ class _Loader:
         delay = self._deletion_delay(element)
         root = source.scan_path if source is not None else os.sep
         rule_filter = self._filter(element.find("filter"), root)
-        processors = self._processors(element.find("processorChain"))
+        settings: list[Mapping[str, object]] = []
+        processors = self._processors(element.find("processorChain"), settings)
         destinations = self._destinations(element.find("destinations"), servers)
-        return Rule(source_name, label, rule_filter, processors, destinations, delay, _line(element))
+        return Rule(source_name, label, rule_filter, processors, destinations, delay, _line(element),
+                    tuple(settings))
 
     def _deletion_delay(self, element: etree._Element) -> float | None:
         value = _attr(element, "fileDeletionDelayAfterSync")
@@ -593,7 +597,9 @@ class _Loader:
             self.error(lines.get(error.condition or "", _line(element)), str(error))
             return None
 
-    def _processors(self, element: etree._Element | None) -> tuple[str, ...]:
+    def _processors(self, element: etree._Element | None,
+                    settings: list[Mapping[str, object]]) -> tuple[str, ...]:
+        """The chain's processor names; appends each one's validated settings to `settings`."""
         if element is None:
             return ()
         names: list[str] = []
@@ -607,15 +613,17 @@ class _Loader:
                                   "<processor name=\"unique_filename.MD5\"/>")
                 continue
             names.append(canonical_processor_name(name))
+            settings.append({})
             try:
                 cls = resolve_processor(name)
+                settings[-1] = self._processor_settings(child, cls)
                 if cls.adds_siblings:
                     adding_siblings = adding_siblings or name
                 elif adding_siblings:
                     self.error(child, f"{name} comes after {adding_siblings}, which makes copies of the file "
                                       f"as it is at that point (a pre-compressed .gz/.br); put {adding_siblings} "
                                       "last in the chain, after every processor that changes the file")
-                cls.check_available()
+                cls.check_available_with(settings[-1])
             except ProcessorNotFound as error:
                 advice = "" if "write" in str(error) or "built-in modules" in str(error) else (
                     "; write module.Class, for example unique_filename.MD5 or mypackage.module.MyProcessor")
@@ -627,6 +635,16 @@ class _Loader:
                 self.error(child, f"processor {name!r} could not be loaded ({type(error).__name__}: "
                                   f"{error}); fix or reinstall that module, or remove the processor")
         return tuple(names)
+
+    def _processor_settings(self, element: etree._Element, cls: type[Processor]) -> dict[str, object]:
+        """The validated child elements of one <processor>; each bad one is an error at its line."""
+        values: dict[str, object] = {}
+        for child in _elements(element):
+            try:
+                values.update(cls.parse_settings({str(child.tag): child.text or ""}))
+            except ValueError as error:
+                self.error(child, str(error))
+        return values
 
     def _destinations(self, element: etree._Element | None,
                       servers: Mapping[str, Server]) -> tuple[Destination, ...]:

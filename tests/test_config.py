@@ -182,6 +182,18 @@ BROKEN: list[tuple[str, str | bytes, str, bool]] = [
      "install it with", False),
     ("processor-without-name", with_processor('<processor nam="x.Y"/>'),
      "did you mean name", True),
+    ("processor-unknown-setting", with_processor('<processor name="precompress.Gzip"><levle>5</levle></processor>'),
+     "precompress.Gzip has no setting <levle> (it takes: <level>)", False),
+    ("processor-bad-setting", with_processor('<processor name="precompress.Gzip"><level>12</level></processor>'),
+     "<level> of precompress.Gzip: must be a whole number from 1 to 9", False),
+    ("processor-missing-jar", with_processor('<processor name="yui_compressor.YUICompressor">'
+                                             '<jar>/nonexistent/yui.jar</jar></processor>'),
+     "/nonexistent/yui.jar does not exist", False),
+    ("processor-relative-jar", with_processor('<processor name="google_closure_compiler.GoogleClosureCompiler">'
+                                              '<jar>compiler.jar</jar></processor>'),
+     "must be an absolute path", False),
+    ("processor-setting-with-children", with_processor('<processor name="precompress.Gzip"><level><x/></level>'
+                                                       '</processor>'), "write <level>VALUE</level>", True),
     ("unknown-setting-name", doc(extra='<settings>\n    <PID_FIL>/run/fc.pid</PID_FIL>' + MARK
                                  + '\n  </settings>'), "did you mean PID_FILE", False),
     ("bad-setting", doc(extra='<settings>\n    <MAX_FILES_IN_PIPELINE>lots</MAX_FILES_IN_PIPELINE>' + MARK
@@ -457,3 +469,13 @@ def test_cli_check_config_accepts_a_good_config(tmp_path: pathlib.Path) -> None:
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_processor_settings_are_loaded(tmp_path: pathlib.Path) -> None:
+    path, _ = write(tmp_path, doc(rules=rule(
+        '<processorChain>\n        <processor name="filename.SpacesToDashes"/>\n'
+        '        <processor name="precompress.Gzip">\n          <level> 4 </level>\n'
+        '        </processor>\n      </processorChain>\n      ' + DEST)))
+    loaded = load_config(path).rules[0]
+    assert loaded.processors == ("filename.SpacesToDashes", "precompress.Gzip")
+    assert loaded.processor_settings == ({}, {"level": 4})

@@ -31,7 +31,7 @@ import importlib
 import logging
 import os
 import subprocess
-from typing import Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 from fileconveyor.localfile import copy_regular, open_regular
 
@@ -56,6 +56,29 @@ class WaitForFiles(Exception):
     def __init__(self, paths: Sequence[str], reason: str = "") -> None:
         self.paths = tuple(paths)
         super().__init__(reason or f"waiting for {len(self.paths)} referenced file(s) to be synced")
+
+
+def integer_between(low: int, high: int) -> Callable[[str], int]:
+    """A setting validator: a whole number from `low` to `high`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}, not {text!r}")
+        return value
+    return parse
+
+
+def existing_file(text: str) -> str:
+    """A setting validator: the absolute path (`~` expanded) of a regular file that exists."""
+    path = os.path.expanduser(text)
+    if not os.path.isabs(path):
+        raise ValueError(f"must be an absolute path, not {text!r}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} does not exist or is not a file")
+    return os.path.normpath(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +147,39 @@ class Processor(abc.ABC):
     #: True for a processor that makes files beside the output (ExtraOutput) and leaves the output
     #: as it is: it must come after every processor that changes the file (config.py checks).
     adds_siblings: ClassVar[bool] = False
+    #: Settings the processor takes as child elements of its `<processor>` in config.xml
+    #: (`<processor name="yui_compressor.YUICompressor"><jar>/opt/yui.jar</jar></processor>`):
+    #: name -> validator, which turns the text into the value or raises ValueError saying what
+    #: to write. config.py reports an unknown name or a bad value with its line.
+    accepted_settings: ClassVar[Mapping[str, Callable[[str], object]]] = {}
 
-    def __init__(self, context: ProcessorContext) -> None:
+    def __init__(self, context: ProcessorContext, settings: Mapping[str, object] | None = None) -> None:
         self.context = context
+        #: Validated values of this processor's settings in this rule; absent: not set.
+        self.settings: Mapping[str, object] = settings or {}
+
+    @classmethod
+    def parse_settings(cls, raw: Mapping[str, str]) -> dict[str, object]:
+        """Validated values of `raw` (text from config.xml); ValueError names the bad setting."""
+        values: dict[str, object] = {}
+        processor = canonical_processor_name(f"{cls.__module__}.{cls.__name__}")
+        for name, text in raw.items():
+            validator = cls.accepted_settings.get(name)
+            if validator is None:
+                accepted = ", ".join(f"<{n}>" for n in sorted(cls.accepted_settings)) or "none"
+                raise ValueError(f"{processor} has no setting <{name}> (it takes: {accepted}); "
+                                 "remove it or fix its name")
+            try:
+                values[name] = validator(text.strip())
+            except ValueError as error:
+                raise ValueError(f"<{name}> of {processor}: {error}") from None
+        return values
+
+    @classmethod
+    def check_available_with(cls, settings: Mapping[str, object]) -> None:
+        """`check_available` for a chain that gives these settings (a setting may name the
+        tool, as `<jar>` does); processors without such a setting need not override it."""
+        cls.check_available()
 
     @classmethod
     def would_process(cls, path: str) -> bool:
@@ -256,8 +309,11 @@ class ProcessorChain:
     processor, GIF -> PNG, changes which later processors apply). Intermediate outputs are left in
     the run's private working dir, which the arbitrator removes as a whole."""
 
-    def __init__(self, processor_classes: Sequence[type[Processor]]) -> None:
+    def __init__(self, processor_classes: Sequence[type[Processor]],
+                 settings: Sequence[Mapping[str, object]] = ()) -> None:
         self.processor_classes = tuple(processor_classes)
+        #: Each processor's validated settings, in chain order (missing: none).
+        self.settings = tuple(settings) + ({},) * (len(self.processor_classes) - len(settings))
 
     def shutdown(self) -> None:
         """Release what the chain's processors keep between files (worker processes), at stop."""
@@ -278,12 +334,12 @@ class ProcessorChain:
         Raises what `snapshot_source` raises for a source that cannot be read safely."""
         current = context.original_file
         snapshot: str | None = None
-        for cls in self.processor_classes:
+        for cls, settings in zip(self.processor_classes, self.settings):
             if not cls.would_process(current):
                 continue
             if snapshot is None:
                 current = snapshot = snapshot_source(context)
-            output = cls(context).run(current)
+            output = cls(context, settings).run(current)
             if not os.path.isfile(output):
                 raise ProcessorError(f"{cls.__module__}.{cls.__name__} produced no output file")
             if os.path.dirname(os.path.abspath(output)) not in (

@@ -1,6 +1,7 @@
 """`google_closure_compiler.GoogleClosureCompiler`: JavaScript through the Closure Compiler.
 
-Found like YUI Compressor (see yui_compressor): the jar in FILECONVEYOR_CLOSURE_JAR, else
+Found like YUI Compressor (see yui_compressor): the processor's `<jar>` setting, else the jar in
+FILECONVEYOR_CLOSURE_JAR, else
 `compiler.jar` in this package's directory (the original's location), else Debian's
 `closure-compiler` command. Default compilation level (SIMPLE_OPTIMIZATIONS: renames locals, keeps
 the program's meaning). `valid_extensions` is the tuple `(".js",)`: the original wrote `(".js")`, a

@@ -21,9 +21,9 @@ import abc
 import gzip
 import os
 import shutil
-from typing import BinaryIO, ClassVar
+from typing import BinaryIO, Callable, ClassVar, Mapping, cast
 
-from fileconveyor.processors.base import ExtraOutput, Processor, ProcessorUnavailable
+from fileconveyor.processors.base import ExtraOutput, Processor, ProcessorUnavailable, integer_between
 
 #: Text formats, and binary ones that are not compressed already (fonts other than WOFF).
 TEXT_EXTENSIONS: tuple[str, ...] = (
@@ -54,21 +54,29 @@ class _Precompressor(Processor):
 
 
 class Gzip(_Precompressor):
-    """`name.ext.gz` beside `name.ext` (level 9, no name or time stamp in the header)."""
+    """`name.ext.gz` beside `name.ext` (level 9, or the `<level>` setting, 1-9; no name or time
+    stamp in the header)."""
 
     suffix = ".gz"
     encoding = "gzip"
+    accepted_settings: ClassVar[Mapping[str, Callable[[str], object]]] = {
+        "level": integer_between(1, 9)}
 
     def _compress(self, source: BinaryIO, target: BinaryIO) -> None:
-        with gzip.GzipFile(filename="", mode="wb", compresslevel=9, fileobj=target, mtime=0) as compressed:
+        level = cast(int, self.settings.get("level", 9))
+        with gzip.GzipFile(filename="", mode="wb", compresslevel=level, fileobj=target,
+                           mtime=0) as compressed:
             shutil.copyfileobj(source, compressed, CHUNK)
 
 
 class Brotli(_Precompressor):
-    """`name.ext.br` beside `name.ext` (quality 11, the densest: made once, served many times)."""
+    """`name.ext.br` beside `name.ext` (quality 11, the densest: made once, served many times;
+    the `<quality>` setting, 0-11, trades density for speed)."""
 
     suffix = ".br"
     encoding = "br"
+    accepted_settings: ClassVar[Mapping[str, Callable[[str], object]]] = {
+        "quality": integer_between(0, 11)}
 
     @classmethod
     def check_available(cls) -> None:
@@ -82,7 +90,7 @@ class Brotli(_Precompressor):
     def _compress(self, source: BinaryIO, target: BinaryIO) -> None:
         import brotli
 
-        compressor = brotli.Compressor(quality=11)
+        compressor = brotli.Compressor(quality=cast(int, self.settings.get("quality", 11)))
         for chunk in iter(lambda: source.read(CHUNK), b""):
             target.write(compressor.process(chunk))
         target.write(compressor.finish())

@@ -1,10 +1,12 @@
 """`yui_compressor.YUICompressor`: CSS and JavaScript through the real YUI Compressor.
 
 Where the compressor comes from, first found wins:
-1. the jar named by the environment variable FILECONVEYOR_YUI_JAR (run with `java -jar`);
-2. `yuicompressor.jar` in this package's directory, where the original told users to put it;
-3. Debian's `yui-compressor` command (`apt-get install yui-compressor`).
-There is no per-processor setting in config.xml yet, hence the environment variable.
+1. the processor's `<jar>` setting in config.xml
+   (`<processor name="yui_compressor.YUICompressor"><jar>/opt/yui.jar</jar></processor>`);
+2. the jar named by the environment variable FILECONVEYOR_YUI_JAR (run with `java -jar`), the
+   fallback for a whole machine;
+3. `yuicompressor.jar` in this package's directory, where the original told users to put it;
+4. Debian's `yui-compressor` command (`apt-get install yui-compressor`).
 
 Fixed from the original: no shell and no command line built from a file name (a list of arguments,
 absolute paths, so a name starting with `-` is never an option); a timeout; the exit status decides
@@ -21,9 +23,9 @@ import abc
 import logging
 import os
 import shutil
-from typing import ClassVar
+from typing import Callable, ClassVar, Mapping
 
-from fileconveyor.processors.base import Processor, ProcessorUnavailable, run_tool
+from fileconveyor.processors.base import Processor, ProcessorUnavailable, existing_file, run_tool
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,11 @@ JAVA_TOOL_TIMEOUT = 300.0
 PROCESSORS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def find_java_tool(env_var: str, jar_name: str, command: str, what: str, debian_package: str) -> list[str]:
+def find_java_tool(env_var: str, jar_name: str, command: str, what: str, debian_package: str,
+                   configured_jar: str | None = None) -> list[str]:
     """The argv prefix that runs a Java tool (see the module docstring for the order), or
     ProcessorUnavailable saying how to install it."""
-    jar = os.environ.get(env_var)
+    jar = configured_jar or os.environ.get(env_var)
     if jar is not None and not os.path.isfile(jar):
         raise ProcessorUnavailable(
             f"{what}: {env_var}={jar!r} does not exist; point it at the jar, or unset it and "
@@ -62,15 +65,22 @@ class JavaToolProcessor(Processor):
     jar_name: ClassVar[str] = ""
     command: ClassVar[str] = ""
     debian_package: ClassVar[str] = ""
+    accepted_settings: ClassVar[Mapping[str, Callable[[str], object]]] = {"jar": existing_file}
 
     @classmethod
-    def tool(cls) -> list[str]:
+    def tool(cls, settings: Mapping[str, object] | None = None) -> list[str]:
+        jar = (settings or {}).get("jar")
         return find_java_tool(cls.env_var, cls.jar_name, cls.command,
-                              f"{cls.__module__}.{cls.__name__}", cls.debian_package)
+                              f"{cls.__module__}.{cls.__name__}", cls.debian_package,
+                              str(jar) if jar else None)
 
     @classmethod
     def check_available(cls) -> None:
         cls.tool()
+
+    @classmethod
+    def check_available_with(cls, settings: Mapping[str, object]) -> None:
+        cls.tool(settings)
 
     @abc.abstractmethod
     def arguments(self, input_file: str, output_file: str) -> list[str]:
@@ -79,7 +89,7 @@ class JavaToolProcessor(Processor):
     def run(self, input_file: str) -> str:
         output = self.context.output_path(os.path.basename(input_file))
         tmp = output + ".minified"
-        argv = self.tool() + self.arguments(os.path.abspath(input_file), tmp)
+        argv = self.tool(self.settings) + self.arguments(os.path.abspath(input_file), tmp)
         try:
             result = run_tool(argv, timeout=JAVA_TOOL_TIMEOUT)
             if result.stderr.strip():

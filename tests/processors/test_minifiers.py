@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from fileconveyor.processors import google_closure_compiler, minify, yui_compressor
-from fileconveyor.processors.base import ProcessorError, ProcessorUnavailable
+from fileconveyor.processors.base import ProcessorChain, ProcessorError, ProcessorUnavailable
 from tests.processors._support import HOSTILE_STEM, make_context
 
 JS = """/*! keep me: licence */
@@ -168,3 +168,21 @@ def test_closure_extensions_are_a_tuple():
     cls = google_closure_compiler.GoogleClosureCompiler
     assert cls.valid_extensions == (".js",)
     assert cls.would_process("/a/B.JS") and not cls.would_process("/a/js") and not cls.would_process("/a/x.json")
+
+
+@pytest.mark.parametrize("cls", [yui_compressor.YUICompressor, google_closure_compiler.GoogleClosureCompiler],
+                         ids=["yui", "closure"])
+def test_jar_setting_wins_over_the_environment(cls, tmp_path, monkeypatch):
+    """<jar> in config.xml is used (the variable, here pointing nowhere, is only the fallback)."""
+    jar = ("/usr/share/java/yuicompressor.jar" if cls is yui_compressor.YUICompressor
+           else "/usr/share/java/closure-compiler.jar")
+    if not (os.path.isfile(jar) and shutil.which("java")):
+        pytest.skip(f"{jar} (Debian's package) is not installed")
+    monkeypatch.setenv(cls.env_var, str(tmp_path / "nowhere.jar"))
+    settings = cls.parse_settings({"jar": jar})
+    cls.check_available_with(settings)
+    assert cls.tool(settings)[1:] == ["-jar", jar]
+    source = tmp_path / "s.js"
+    source.write_text("function add(first, second) {\n    return first + second;\n}\n", encoding="utf-8")
+    output = ProcessorChain([cls], [settings]).run(make_context(str(source), str(tmp_path / "work")))
+    assert os.path.getsize(output) < os.path.getsize(source)

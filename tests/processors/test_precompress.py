@@ -141,3 +141,17 @@ def test_daemon_publishes_siblings_that_nginx_serves(tmp_path: pathlib.Path, ngi
         wait_for(lambda: not os.path.exists(os.path.join(setup.dest, "css")), 20,
                  "the file and its siblings to be deleted")
         assert daemon.terminate() == 0
+
+
+def test_level_setting_reaches_gzip(tmp_path: pathlib.Path) -> None:
+    """<processor name="precompress.Gzip"><level>1</level></processor>: the fastest level, which
+    the gzip header records (XFL byte 4; level 9 writes 2)."""
+    source = tmp_path / "app.css"
+    source.write_bytes(CSS)
+    made = []
+    for level in (1, 9):
+        context = make_context(str(source), str(tmp_path / f"work-{level}"))
+        ProcessorChain([Gzip], [Gzip.parse_settings({"level": str(level)})]).run(context)
+        made.append(pathlib.Path(context.extra_outputs[0].path).read_bytes())
+    assert [data[8] for data in made] == [4, 2]
+    assert gzip.decompress(made[0]) == CSS and len(made[0]) > len(made[1])
