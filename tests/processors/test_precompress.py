@@ -155,3 +155,17 @@ def test_level_setting_reaches_gzip(tmp_path: pathlib.Path) -> None:
         made.append(pathlib.Path(context.extra_outputs[0].path).read_bytes())
     assert [data[8] for data in made] == [4, 2]
     assert gzip.decompress(made[0]) == CSS and len(made[0]) > len(made[1])
+
+
+def test_daemon_passes_the_level_from_config_xml(tmp_path: pathlib.Path) -> None:
+    """config.xml -> Rule.processor_settings -> the arbitrator's chain -> Gzip, in a real daemon."""
+    setup = write_config(tmp_path, rule_extra='<processorChain><processor name="precompress.Gzip">'
+                                              '<level>1</level></processor></processorChain>')
+    (pathlib.Path(setup.source) / "app.css").write_bytes(CSS)
+    copy = os.path.join(setup.dest, "app.css.gz")
+    with Daemon(setup) as daemon:
+        wait_for(lambda: os.path.exists(copy) and all(n == 0 for n in counts(setup).values()), 20,
+                 "the .gz copy to be published")
+        assert daemon.terminate() == 0
+    data = pathlib.Path(copy).read_bytes()
+    assert data[8] == 4 and gzip.decompress(data) == CSS  # XFL 4: level 1 (the default 9 writes 2)
